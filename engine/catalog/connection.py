@@ -1,0 +1,78 @@
+"""Short-lived DuckDB connections to the project catalog.
+
+DuckDB lets one process write a database file at a time. Commands therefore open the catalog only for as
+long as they need it and retry while another process holds the lock, so that `voxelbase sql` works while a
+long `train` is running (the trainer writes in short transactions between epochs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import duckdb
+
+from engine.catalog.migrations import migrate
+from engine.project import Project
+
+LOCK_WAIT_SECONDS = 60.0
+
+
+class CatalogError(RuntimeError):
+    """A problem with the catalog that the user can act on."""
+
+
+def _is_lock_error(error: Exception) -> bool:
+    text = str(error).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def open_connection(project: Project, *, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS) -> duckdb.DuckDBPyConnection:
+    """Open the catalog, creating and migrating it when writing; waits while another process holds the lock."""
+    path = project.catalog_path
+    if read_only and not path.exists():
+        raise CatalogError(f"no catalog at {path}: ingest a dataset first (voxelbase ingest SOURCE --name NAME)")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as error:
+            if not _is_lock_error(error) or time.monotonic() > deadline:
+                raise CatalogError(f"cannot open the catalog {path}: {error}") from error
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    if not read_only:
+        try:
+            migrate(con)
+        except Exception:
+            con.close()
+            raise
+    return con
+
+
+@contextlib.contextmanager
+def connect(project: Project | str | None = None, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A catalog connection for the duration of a `with` block."""
+    con = open_connection(Project.resolve(project), read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def transaction(project: Project | str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A writing connection whose statements commit together or not at all (also on Ctrl-C)."""
+    with connect(project) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
