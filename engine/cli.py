@@ -1,0 +1,113 @@
+"""The `voxelbase` command line: each command is a thin wrapper over a typed function in `engine`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from engine.project import PROJECT_ENV, Project
+
+
+class UserError(click.ClickException):
+    """An error the user can fix; printed without a traceback."""
+
+
+def _project(ctx: click.Context) -> Project:
+    return ctx.obj["project"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--project",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=PROJECT_ENV,
+    default=None,
+    help="Project directory (default: $VOXELBASE_PROJECT or ./voxelbase-project).",
+)
+@click.pass_context
+def cli(ctx: click.Context, project: Path | None) -> None:
+    """Voxelbase: self-configuring 3D segmentation over a dataset database (Zarr + DuckDB)."""
+    ctx.ensure_object(dict)
+    ctx.obj["project"] = Project.resolve(project)
+
+
+def _workers_option(func):
+    return click.option(
+        "--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU cores)."
+    )(func)
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Dataset name in the catalog.")
+@click.option("--replace", is_flag=True, help="Replace an existing dataset of that name with different content.")
+@_workers_option
+@click.pass_context
+def ingest(ctx: click.Context, source: Path, name: str, replace: bool, workers: int | None) -> None:
+    """Import an nnU-Net v2 raw folder or an MSD task folder."""
+    from engine.ingest import IngestError, ingest_dataset
+
+    try:
+        result = ingest_dataset(source, name=name, project=_project(ctx), workers=workers, replace=replace)
+    except IngestError as error:
+        raise UserError(str(error)) from error
+    click.echo(result.summary())
+
+
+@cli.command()
+@click.pass_context
+def datasets(ctx: click.Context) -> None:
+    """List datasets with case counts, channels and labels."""
+    from engine.catalog.queries import dataset_overview
+    from engine.tabular import format_table
+
+    click.echo(format_table(dataset_overview(_project(ctx)), fmt="table"))
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to a file.")
+@click.pass_context
+def sql(ctx: click.Context, query: str, fmt: str, output: Path | None) -> None:
+    """Run any SQL over the catalog (read-only)."""
+    import duckdb
+
+    from engine.catalog import CatalogError
+    from engine.catalog.queries import run_query
+    from engine.tabular import format_table
+
+    try:
+        table = run_query(query, project=_project(ctx))
+    except (duckdb.Error, CatalogError) as error:
+        raise UserError(str(error)) from error
+    text = format_table(table, fmt=fmt)
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + ("" if text.endswith("\n") else "\n"))
+        click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
+
+
+@cli.command("demo-data")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cases", type=click.IntRange(min=2), default=10, show_default=True, help="Labelled training cases.")
+@click.option("--test-cases", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--shape", type=int, nargs=3, default=(32, 64, 64), show_default=True, help="z y x voxels (jittered).")
+def demo_data(out: Path, cases: int, test_cases: int, seed: int, shape: tuple[int, int, int]) -> None:
+    """Write a small synthetic CT dataset in nnU-Net raw layout."""
+    from engine.ingest.demo import write_demo_dataset
+
+    write_demo_dataset(out, cases=cases, test_cases=test_cases, seed=seed, shape=shape)
+    click.echo(f"wrote {cases} training and {test_cases} test cases to {out}")
+
+
+def main() -> None:
+    cli(prog_name="voxelbase")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
