@@ -28,7 +28,9 @@ def _is_lock_error(error: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
-def open_connection(project: Project, *, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS) -> duckdb.DuckDBPyConnection:
+def open_connection(
+    project: Project, *, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS
+) -> duckdb.DuckDBPyConnection:
     """Open the catalog, creating and migrating it when writing; waits while another process holds the lock."""
     path = project.catalog_path
     if read_only and not path.exists():

@@ -1,1 +1,6 @@
-"""ingest stage."""
+"""Ingest: dataset folders (nnU-Net v2 raw, MSD) into the Zarr store and the DuckDB catalog."""
+
+from engine.ingest.errors import IngestError
+from engine.ingest.pipeline import IngestResult, ingest_dataset
+
+__all__ = ["IngestError", "IngestResult", "ingest_dataset"]

@@ -1,0 +1,166 @@
+"""Ingesting one case: read, validate, measure and write it to the store, while it is in memory once.
+
+Runs in worker processes; it returns catalog rows to the main process and never opens the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.ingest.errors import IngestError
+from engine.ingest.layouts import CaseSource
+from engine.ingest.reader import Geometry, read_image
+from engine.store.layout import spatial_chunks, write_case
+
+SAMPLES_PER_CASE = 10_000  # foreground intensity samples per case and channel, drawn with replacement
+SAMPLE_SEED = 1234
+
+
+@dataclass
+class CaseRecord:
+    """Everything the catalog learns about one case."""
+
+    case: dict
+    label_stats: list[tuple[int, int]] = field(default_factory=list)  # (label value, voxels)
+    foreground: list[dict] = field(default_factory=list)  # per channel
+    samples: list[np.ndarray] = field(default_factory=list)  # per channel, float32
+
+
+def file_hash(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def smallest_label_dtype(max_value: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.int32):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise IngestError(f"label value {max_value} is too large")
+
+
+def crop_bbox(image: np.ndarray) -> tuple[int, ...]:
+    """Half-open bounding box (z0, z1, y0, y1, x0, x1) of voxels nonzero in any channel; all zeros when empty."""
+    nonzero = np.any(image != 0, axis=0)
+    box: list[int] = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(np.any(nonzero, axis=other))
+        box += [int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, 0]
+    return tuple(box)
+
+
+def _read_channels(source: CaseSource) -> tuple[np.ndarray, Geometry]:
+    if source.four_d:
+        return read_image(source.image_files[0], four_d=True)
+    arrays, geometry = [], None
+    for path in source.image_files:
+        array, geo = read_image(path)
+        if geometry is None:
+            geometry, first = geo, path
+        else:
+            if array.shape != arrays[0].shape:
+                raise IngestError(f"{path}: shape {array.shape} differs from {first.name} {arrays[0].shape}")
+            problem = geometry.mismatch(geo)
+            if problem:
+                raise IngestError(f"{path}: geometry differs from {first.name}: {problem}")
+        arrays.append(array)
+    dtype = np.result_type(*[a.dtype for a in arrays])
+    return np.stack([a.astype(dtype, copy=False) for a in arrays]), geometry
+
+
+def _read_label(source: CaseSource, image: np.ndarray, geometry: Geometry, declared: frozenset[int]) -> np.ndarray:
+    path = source.label_file
+    label, label_geometry = read_image(path)
+    if label.shape != image.shape[1:]:
+        raise IngestError(f"{path}: label shape {label.shape} differs from image shape {image.shape[1:]}")
+    problem = geometry.mismatch(label_geometry)
+    if problem:
+        raise IngestError(f"{path}: label geometry differs from the image: {problem}")
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
+            raise IngestError(f"{path}: label holds non-integer values")
+    values = np.unique(label)
+    unknown = sorted(int(v) for v in values if int(v) not in declared)
+    if unknown:
+        raise IngestError(
+            f"{path}: label values {unknown} are not declared in dataset.json (declared: {sorted(declared)})"
+        )
+    return label.astype(smallest_label_dtype(max(declared)), copy=False)
+
+
+def ingest_case(source: CaseSource, staging: Path, *, declared: frozenset[int], n_channels: int) -> CaseRecord:
+    """Read, validate, measure and store one case under `staging/<case_id>`."""
+    image, geometry = _read_channels(source)
+    if image.shape[0] != n_channels:
+        raise IngestError(
+            f"{source.image_files[0]}: has {image.shape[0]} channel(s), dataset.json declares {n_channels}"
+        )
+    if image.dtype.kind == "f":
+        bad = ~np.isfinite(image)
+        if bad.any():
+            channel = int(np.argwhere(bad)[0][0])
+            path = source.image_files[min(channel, len(source.image_files) - 1)]
+            raise IngestError(f"{path}: {int(bad.sum())} NaN or infinite voxel(s)")
+    label = _read_label(source, image, geometry, declared) if source.label_file else None
+
+    write_case(staging / source.case_id, image, label, spatial_chunk_shape=spatial_chunks(image.shape[1:]))
+    files = [*source.image_files, *([source.label_file] if source.label_file else [])]
+    record = CaseRecord(
+        case={
+            "case_id": source.case_id,
+            "split": source.split,
+            "shape": list(image.shape[1:]),
+            "spacing": list(geometry.spacing),
+            "origin": list(geometry.origin),
+            "direction": list(geometry.direction),
+            "crop_bbox": list(crop_bbox(image)),
+            "image_dtype": str(image.dtype),
+            "label_dtype": str(label.dtype) if label is not None else None,
+            "image_files": [str(p) for p in source.image_files],
+            "label_file": str(source.label_file) if source.label_file else None,
+            "source_bytes": sum(p.stat().st_size for p in files),
+            "content_hash": file_hash(files),
+        }
+    )
+    if label is not None:
+        counts = np.bincount(label.ravel().astype(np.int64))
+        record.label_stats = [(int(v), int(n)) for v, n in enumerate(counts) if n]
+        _foreground_statistics(record, image, label > 0)
+    return record
+
+
+def _foreground_statistics(record: CaseRecord, image: np.ndarray, foreground: np.ndarray) -> None:
+    """Exact per-channel statistics over foreground voxels and an equal-size fixed-seed sample per case.
+
+    As nnU-Net does, every case contributes the same number of samples (drawn with replacement), so that
+    dataset-level percentiles weigh cases equally whatever their foreground size.
+    """
+    for channel in range(image.shape[0]):
+        values = image[channel][foreground]
+        if values.size == 0:
+            record.foreground.append(
+                {"channel": channel, "voxels": 0, "min": None, "max": None, "mean": None, "std": None}
+            )
+            record.samples.append(np.empty(0, np.float32))
+            continue
+        as_float = values.astype(np.float64)
+        record.foreground.append(
+            {
+                "channel": channel,
+                "voxels": int(values.size),
+                "min": float(as_float.min()),
+                "max": float(as_float.max()),
+                "mean": float(as_float.mean()),
+                "std": float(as_float.std()),
+            }
+        )
+        rng = np.random.RandomState(SAMPLE_SEED)
+        record.samples.append(rng.choice(values, SAMPLES_PER_CASE).astype(np.float32))

@@ -1,0 +1,91 @@
+"""The project's own synthetic dataset, in nnU-Net v2 raw layout, for trying Voxelbase end to end.
+
+Each case is an abdomen-like CT volume with anisotropic spacing: air around a soft-tissue body, a "liver"
+(label 1) holding a darker "tumor" (label 2), and two bright contrast-enhanced "kidneys" (label 3), with
+partial-volume blur and scanner noise in Hounsfield units. Sizes, positions, spacings and orientations vary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+LABELS = {"background": 0, "liver": 1, "tumor": 2, "kidney": 3}
+ORIENTATIONS = [  # ITK direction matrices: identity, LPS-like flip, a rotation about z
+    (1, 0, 0, 0, 1, 0, 0, 0, 1),
+    (-1, 0, 0, 0, -1, 0, 0, 0, 1),
+    (0.9659258, -0.2588190, 0, 0.2588190, 0.9659258, 0, 0, 0, 1),
+]
+
+
+def _ellipsoid(grid, center, radii):
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii)) <= 1.0
+
+
+def demo_case(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """One case: (image int16 (Z, Y, X) in HU, label uint8, spacing (z, y, x))."""
+    shape = tuple(int(s * rng.uniform(0.85, 1.15)) for s in shape)
+    spacing = (float(rng.uniform(2.5, 3.5)), *(float(rng.uniform(0.7, 0.9)),) * 2)
+    grid = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    size = np.array(shape, float)
+    centre = size / 2 + rng.normal(0, 1, 3)
+    body = _ellipsoid(grid, centre, size * rng.uniform(0.40, 0.46, 3))
+    liver_c = centre + np.array([0, -0.08, -0.12]) * size + rng.normal(0, 1.5, 3)
+    liver_r = size * rng.uniform(0.16, 0.22, 3)
+    liver = _ellipsoid(grid, liver_c, liver_r) & body
+    tumor = _ellipsoid(grid, liver_c + rng.uniform(-0.4, 0.4, 3) * liver_r, liver_r * rng.uniform(0.25, 0.4)) & liver
+    kidneys = np.zeros(shape, bool)
+    for side in (-1, 1):
+        c = centre + np.array([0, 0.15, side * 0.2]) * size + rng.normal(0, 1, 3)
+        kidneys |= _ellipsoid(grid, c, size * np.array([0.14, 0.07, 0.05]) * rng.uniform(0.9, 1.1))
+    kidneys &= body & ~liver
+    label = np.zeros(shape, np.uint8)
+    label[liver], label[tumor], label[kidneys] = 1, 2, 3
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[body] = 35 + rng.normal(0, 5)
+    hu[liver] = 95 + rng.normal(0, 8)
+    hu[tumor] = 45 + rng.normal(0, 8)
+    hu[kidneys] = 170 + rng.normal(0, 10)
+    hu = gaussian_filter(hu, 0.7) + rng.normal(0, 18, shape).astype(np.float32)
+    return np.clip(hu, -1024, 3071).astype(np.int16), label, spacing
+
+
+def _write(array: np.ndarray, spacing, origin, direction, path: Path) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(spacing)))
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def write_demo_dataset(
+    out: Path, *, cases: int = 10, test_cases: int = 2, seed: int = 0, shape: tuple[int, int, int] = (32, 64, 64)
+) -> Path:
+    """Write `cases` labelled and `test_cases` unlabelled cases to `out` (nnU-Net v2 raw layout)."""
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for index in range(cases + test_cases):
+        case_id = f"demo_{index:03d}"
+        image, label, spacing = demo_case(rng, shape)
+        origin = tuple(float(v) for v in rng.uniform(-150, 150, 3))
+        direction = ORIENTATIONS[index % len(ORIENTATIONS)]
+        folder = "imagesTr" if index < cases else "imagesTs"
+        _write(image, spacing, origin, direction, out / folder / f"{case_id}_0000.nii.gz")
+        if index < cases:
+            _write(label, spacing, origin, direction, out / "labelsTr" / f"{case_id}.nii.gz")
+    description = {
+        "name": "Voxelbase demo abdomen CT",
+        "channel_names": {"0": "CT"},
+        "labels": LABELS,
+        "numTraining": cases,
+        "file_ending": ".nii.gz",
+    }
+    (out / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
+    return out

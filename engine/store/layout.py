@@ -1,0 +1,100 @@
+"""The Zarr v3 store: where each case lives and how its arrays are chunked and compressed.
+
+Layout: `store/<dataset>/raw/<case>/{image,label}` as ingested and
+`store/<dataset>/<plan>/<configuration>/<case>/{image,label}` preprocessed. Arrays are Blosc-compressed
+(zstd, byte shuffle) through Zarr's own codecs; chunks are sized so that a training patch touches few chunks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from engine.project import Project
+
+RAW_STAGE = "raw"
+RAW_CHUNK_EDGE = 64  # raw cases are read whole by preprocessing; 64^3 keeps chunks ~0.5 MB for int16
+
+
+def compressor(*, cname: str = "zstd", clevel: int = 3) -> BloscCodec:
+    return BloscCodec(cname=cname, clevel=clevel, shuffle=BloscShuffle.shuffle)
+
+
+def dataset_dir(project: Project, dataset: str) -> Path:
+    return project.store_path / dataset
+
+
+def stage_dir(project: Project, dataset: str, stage: str = RAW_STAGE) -> Path:
+    """`raw`, or `<plan>/<configuration>` for preprocessed data."""
+    return dataset_dir(project, dataset) / stage
+
+
+def case_dir(project: Project, dataset: str, case_id: str, *, stage: str = RAW_STAGE) -> Path:
+    return stage_dir(project, dataset, stage) / case_id
+
+
+def spatial_chunks(shape: Sequence[int], *, edge: int = RAW_CHUNK_EDGE) -> tuple[int, ...]:
+    return tuple(max(1, min(int(s), edge)) for s in shape)
+
+
+def patch_chunks(shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, ...]:
+    """Chunks of half a patch per axis (rounded up): a randomly placed patch touches at most 3 per axis, and
+    reads little beyond itself, while chunks stay large enough to compress well."""
+    patch = list(patch_size)
+    if len(patch) < len(shape):  # 2d plans chunk one slice deep
+        patch = [1] * (len(shape) - len(patch)) + patch
+    return tuple(max(1, min(int(s), math.ceil(p / 2))) for s, p in zip(shape, patch))
+
+
+def write_array(path: Path, data: np.ndarray, *, chunks: Sequence[int], cname: str = "zstd") -> zarr.Array:
+    """Write one array as a standalone Zarr v3 array at `path` (overwriting)."""
+    array = zarr.create_array(
+        store=str(path),
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=tuple(int(c) for c in chunks),
+        compressors=[compressor(cname=cname)],
+        zarr_format=3,
+        overwrite=True,
+    )
+    array[...] = data
+    return array
+
+
+def write_case(
+    directory: Path, image: np.ndarray, label: np.ndarray | None, *, spatial_chunk_shape: Sequence[int]
+) -> None:
+    """Write `image` (C, Z, Y, X) and `label` (Z, Y, X) of one case into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_array(directory / "image", image, chunks=(1, *spatial_chunk_shape))
+    if label is not None:
+        write_array(directory / "label", label, chunks=spatial_chunk_shape)
+
+
+def open_case_arrays(
+    project: Project, dataset: str, case_id: str, *, stage: str = RAW_STAGE
+) -> tuple[zarr.Array, zarr.Array | None]:
+    """The case's (image, label) Zarr arrays, opened lazily; label is None for unlabelled cases."""
+    directory = case_dir(project, dataset, case_id, stage=stage)
+    if not (directory / "image").exists():
+        raise FileNotFoundError(f"no stored image for case {case_id!r} of dataset {dataset!r} at {directory}")
+    image = zarr.open_array(str(directory / "image"), mode="r")
+    label = zarr.open_array(str(directory / "label"), mode="r") if (directory / "label").exists() else None
+    return image, label
+
+
+def read_case(
+    project: Project, dataset: str, case_id: str, *, stage: str = RAW_STAGE
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The case's arrays read fully into memory."""
+    image, label = open_case_arrays(project, dataset, case_id, stage=stage)
+    return image[...], (label[...] if label is not None else None)
+
+
+def store_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
