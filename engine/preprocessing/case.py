@@ -1,0 +1,97 @@
+"""One case through nnU-Net's preprocessing order: crop to nonzero, normalize, resample, sample class locations.
+
+Pure function of arrays and the plan, so the same code serves `voxelbase preprocess` (from the raw Zarr store) and
+`voxelbase predict` (from image files), and tests can compare it with nnU-Net's own output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.preprocessing.class_locations import sample_class_locations
+from engine.preprocessing.crop import crop_to_nonzero
+from engine.preprocessing.normalize import normalize
+from engine.preprocessing.resample import ANISOTROPY_THRESHOLD, compute_new_shape, resample_image, resample_label
+
+DEFAULT_RESAMPLING = {
+    "image_order": 3,
+    "label_order": 1,
+    "probabilities_order": 1,
+    "order_z": 0,
+    "force_separate_z": None,
+    "anisotropy_threshold": ANISOTROPY_THRESHOLD,
+}
+
+
+def resampling_settings(plan: dict) -> dict:
+    """The plan's `resampling` entry with nnU-Net's defaults for anything it leaves out."""
+    return {**DEFAULT_RESAMPLING, **(plan.get("resampling") or {})}
+
+
+def target_spacing(plan: dict, spacing: Sequence[float]) -> tuple[float, ...]:
+    """The plan's (z, y, x) spacing; a 2-D plan keeps the case's own slice spacing along z."""
+    planned = [float(s) for s in plan["spacing"]]
+    if len(planned) == 2:
+        planned = [float(spacing[0]), *planned]
+    return tuple(planned)
+
+
+def foreground_labels(plan: dict) -> list[int]:
+    """Label values to sample locations for: every declared label except background (0) and an 'ignore' label."""
+    values = []
+    for name, value in (plan.get("labels") or {}).items():
+        if isinstance(value, int) and value != 0 and name != "ignore":
+            values.append(value)
+    return sorted(set(values))
+
+
+def preprocess_case(
+    image: np.ndarray,
+    label: np.ndarray | None = None,
+    *,
+    spacing: Sequence[float],
+    plan: dict,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Preprocess one (C, Z, Y, X) image and optional (Z, Y, X) label with a configuration's plan.
+
+    Returns the float32 image, the int16 label (-1 marks background outside the nonzero mask; None without a
+    label) and the properties needed to undo it: spacing, target_spacing, shape_before_cropping, bbox (z0, z1, y0,
+    y1, x0, x1 half-open), shape_after_cropping, shape_after_resampling and class_locations
+    ({label: (k, 3) int32 (z, y, x)}; empty without a label).
+    """
+    if image.ndim != 4:
+        raise ValueError(f"expected an image of shape (C, Z, Y, X), got {image.shape}")
+    if label is not None and label.shape != image.shape[1:]:
+        raise ValueError(f"label shape {label.shape} differs from the image's {image.shape[1:]}")
+    spacing = tuple(float(s) for s in spacing)
+    cropped = crop_to_nonzero(image, label)
+    new_spacing = target_spacing(plan, spacing)
+    new_shape = compute_new_shape(cropped.image.shape[1:], spacing=spacing, new_spacing=new_spacing)
+    normalized = normalize(cropped.image, entries=plan["normalization"], mask=cropped.label >= 0)
+    settings = resampling_settings(plan)
+    common = {
+        "spacing": spacing,
+        "new_spacing": new_spacing,
+        "order_z": settings["order_z"],
+        "force_separate_z": settings["force_separate_z"],
+        "anisotropy_threshold": settings["anisotropy_threshold"],
+    }
+    out_image = resample_image(normalized, new_shape, order=settings["image_order"], **common)
+    del normalized
+    out_label = None
+    locations: dict[int, np.ndarray] = {}
+    if label is not None:
+        out_label = resample_label(cropped.label, new_shape, order=settings["label_order"], **common)
+        locations = sample_class_locations(out_label, foreground_labels(plan))
+    properties = {
+        "spacing": list(spacing),
+        "target_spacing": list(new_spacing),
+        "shape_before_cropping": list(image.shape[1:]),
+        "bbox": list(cropped.bbox),
+        "shape_after_cropping": list(cropped.image.shape[1:]),
+        "shape_after_resampling": list(new_shape),
+        "class_locations": locations,
+    }
+    return np.ascontiguousarray(out_image, dtype=np.float32), out_label, properties
