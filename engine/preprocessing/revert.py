@@ -1,0 +1,104 @@
+"""Undo preprocessing for prediction export: resample back to the cropped original shape and uncrop.
+
+nnU-Net resamples the network's class maps (order 1, the same separate-z rule, from the plan spacing to the case's
+own), takes the argmax and pastes it into the uncropped shape with background outside the crop box. Resampling is
+linear per class, so it is done one class at a time into float32: a 512x512x600 CT never needs a float64 stack of
+every class at full resolution, and `probabilities_to_segmentation` keeps only a running maximum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.preprocessing.case import resampling_settings
+from engine.preprocessing.resample import resample_image, resample_label
+
+
+def _box(properties: dict) -> tuple[slice, slice, slice]:
+    b = [int(v) for v in properties["bbox"]]
+    return slice(b[0], b[1]), slice(b[2], b[3]), slice(b[4], b[5])
+
+
+def _resample_back_kwargs(properties: dict, plan: dict) -> dict:
+    settings = resampling_settings(plan)
+    return {
+        "spacing": properties["target_spacing"],
+        "new_spacing": properties["spacing"],
+        "order_z": settings["order_z"],
+        "force_separate_z": settings["force_separate_z"],
+        "anisotropy_threshold": settings["anisotropy_threshold"],
+    }
+
+
+def resample_class_back(class_map: np.ndarray, *, properties: dict, plan: dict) -> np.ndarray:
+    """One (Z, Y, X) class map at plan spacing -> float32 at the cropped original shape."""
+    settings = resampling_settings(plan)
+    out = resample_image(
+        np.asarray(class_map)[None],
+        properties["shape_after_cropping"],
+        order=settings["probabilities_order"],
+        **_resample_back_kwargs(properties, plan),
+    )
+    return out[0].astype(np.float32, copy=False)
+
+
+def revert_probabilities(probabilities: np.ndarray, *, properties: dict, plan: dict) -> np.ndarray:
+    """(K, Z, Y, X) class probabilities (or logits) -> float32 (K, *shape_before_cropping).
+
+    Outside the crop box the background channel is 1 and the others 0, as nnU-Net writes saved probabilities.
+    """
+    probabilities = np.asarray(probabilities)
+    out = np.zeros((probabilities.shape[0], *properties["shape_before_cropping"]), dtype=np.float32)
+    out[0] = 1.0
+    box = _box(properties)
+    for k in range(probabilities.shape[0]):
+        out[(k, *box)] = resample_class_back(probabilities[k], properties=properties, plan=plan)
+    return out
+
+
+def probabilities_to_segmentation(probabilities: np.ndarray, *, properties: dict, plan: dict) -> np.ndarray:
+    """Argmax of the resampled class maps (probabilities or logits), uncropped: (Z, Y, X) uint8 or uint16.
+
+    Holds one resampled class and the running maximum at a time; ties keep the lower class, as argmax does.
+    """
+    probabilities = np.asarray(probabilities)
+    n_classes = probabilities.shape[0]
+    dtype = np.uint8 if n_classes <= 255 else np.uint16
+    best = resample_class_back(probabilities[0], properties=properties, plan=plan)
+    winner = np.zeros(best.shape, dtype=dtype)
+    for k in range(1, n_classes):
+        score = resample_class_back(probabilities[k], properties=properties, plan=plan)
+        better = score > best
+        winner[better] = k
+        np.maximum(best, score, out=best)
+        del score, better
+    out = np.zeros(properties["shape_before_cropping"], dtype=dtype)
+    out[_box(properties)] = winner
+    return out
+
+
+def revert_segmentation(segmentation: np.ndarray, *, properties: dict, plan: dict) -> np.ndarray:
+    """A (Z, Y, X) label map at plan spacing -> the original shape (label rule, background outside the box)."""
+    settings = resampling_settings(plan)
+    segmentation = np.asarray(segmentation)
+    resampled = resample_label(
+        segmentation,
+        properties["shape_after_cropping"],
+        order=settings["label_order"],
+        **_resample_back_kwargs(properties, plan),
+    )
+    out = np.zeros(properties["shape_before_cropping"], dtype=segmentation.dtype)
+    out[_box(properties)] = resampled
+    return out
+
+
+def revert_to_original(probabilities_or_seg: np.ndarray, *, properties: dict, plan: dict) -> np.ndarray:
+    """Undo resampling and cropping: a 4-D float array is treated as class maps, a 3-D integer array as labels."""
+    array = np.asarray(probabilities_or_seg)
+    if array.ndim == 4:
+        return revert_probabilities(array, properties=properties, plan=plan)
+    if array.ndim == 3 and np.issubdtype(array.dtype, np.integer):
+        return revert_segmentation(array, properties=properties, plan=plan)
+    raise ValueError(
+        f"expected (K, Z, Y, X) class maps or a (Z, Y, X) integer label map, got {array.dtype} {array.shape}"
+    )
