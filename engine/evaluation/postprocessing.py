@@ -1,0 +1,182 @@
+"""Keeping the largest connected component, and deciding on cross-validation whether to, as nnU-Net does.
+
+nnU-Net's rule (``nnunetv2.postprocessing.remove_connected_components.determine_postprocessing``):
+
+1. try keeping only the largest connected component of the whole foreground (all labels as one mask; removed
+   voxels become background); accept it if the mean foreground Dice improves and no label's mean Dice drops;
+2. then, on top of what step 1 left, for each label in turn try keeping only that label's largest component;
+   accept it on the same rule.
+
+Means are nnU-Net's: per label the mean of per-case Dice over the cases where it is defined (cases with the label
+in neither reference nor prediction are left out), and the foreground mean is the mean of those per-label means.
+Components are connected through faces, edges and corners (26-neighbourhood, skimage's default for `label`), and
+when several components tie for largest all of them are kept, as in nnU-Net.
+
+The decision streams cases: every candidate is scored on each case while that case is in memory, so memory stays
+at one case whatever the number of cases. That works because keeping the largest component of label `l` changes
+only label `l`'s voxels, so each per-label candidate can be scored independently of the others (on both possible
+outcomes of step 1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from engine.evaluation.metrics import overlap_scores
+
+
+def largest_component_mask(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component(s) of a boolean mask (all of them when sizes tie)."""
+    if not mask.any():
+        return mask.copy()
+    components, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    if n == 1:
+        return mask.copy()
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    keep = np.flatnonzero(sizes == sizes.max())
+    return np.isin(components, keep)
+
+
+def keep_largest_component(seg: np.ndarray, *, labels: Sequence[int] | None) -> np.ndarray:
+    """A copy of `seg` with all but the largest component removed (set to background 0).
+
+    `labels=None` treats all foreground as one mask (nnU-Net's step 1); a list treats each label separately.
+    """
+    out = seg.copy()
+    if labels is None:
+        mask = seg > 0
+        out[mask & ~largest_component_mask(mask)] = 0
+        return out
+    for label in labels:
+        mask = seg == label
+        out[mask & ~largest_component_mask(mask)] = 0
+    return out
+
+
+def apply_postprocessing(seg: np.ndarray, decision: dict | None) -> np.ndarray:
+    """Apply a decision from `decide_postprocessing` (None or an empty decision leaves `seg` as it is)."""
+    if not decision:
+        return seg
+    if decision.get("foreground_lcc"):
+        seg = keep_largest_component(seg, labels=None)
+    per_label = decision.get("per_label_lcc") or []
+    if per_label:
+        seg = keep_largest_component(seg, labels=per_label)
+    return seg
+
+
+class _Scores:
+    """Per-label lists of per-case Dice for one candidate (None-free: undefined cases are skipped)."""
+
+    def __init__(self, labels: Sequence[int]):
+        self.values: dict[int, list[float]] = {int(label): [] for label in labels}
+
+    def add(self, label: int, dice: float | None) -> None:
+        if dice is not None:
+            self.values[label].append(dice)
+
+    def mean(self, label: int) -> float:
+        values = self.values[label]
+        return float(np.mean(values)) if values else float("nan")
+
+
+def _dice(p: np.ndarray, r: np.ndarray, n_ref: int) -> float | None:
+    tp = int(np.count_nonzero(p & r))
+    return overlap_scores(tp, int(np.count_nonzero(p)) - tp, n_ref - tp)[0]
+
+
+def _foreground_mean(means: dict[int, float]) -> float:
+    finite = [v for v in means.values() if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _improves(before: dict[int, float], after: dict[int, float]) -> bool:
+    """nnU-Net's acceptance: the foreground mean goes up and no label's mean goes down."""
+    if not _foreground_mean(after) > _foreground_mean(before):
+        return False
+    return not any(after[k] < before[k] for k in before)
+
+
+def decide_postprocessing(
+    cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]]],
+    *,
+    labels: Sequence[int],
+) -> dict:
+    """Decide, on (prediction, reference, spacing) cases, which largest-component steps to apply.
+
+    Returns a JSON-able dict: {"foreground_lcc": bool, "per_label_lcc": [labels], "dice_before": mean foreground
+    Dice, "dice_after": after the accepted steps, "label_dice_before"/"label_dice_after": per label, "n_cases"}.
+    `cases` may be a generator; each case is released before the next is read.
+    """
+    labels = [int(label) for label in labels]
+    base = _Scores(labels)  # as predicted
+    fg = _Scores(labels)  # after keeping the largest foreground component
+    per_label_on_base = _Scores(labels)  # label l after keeping its largest component, on the raw prediction
+    per_label_on_fg = _Scores(labels)  # same, on top of the foreground step
+    n_cases = 0
+    for pred, ref, _spacing in cases:
+        if pred.shape != ref.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from reference shape {tuple(ref.shape)}")
+        n_cases += 1
+        foreground = pred > 0
+        fg_kept = largest_component_mask(foreground)
+        for label in labels:
+            r = ref == label
+            n_ref = int(np.count_nonzero(r))
+            p = pred == label
+            p_fg = p & fg_kept
+            base.add(label, _dice(p, r, n_ref))
+            fg.add(label, _dice(p_fg, r, n_ref))
+            per_label_on_base.add(label, _dice(largest_component_mask(p), r, n_ref))
+            per_label_on_fg.add(label, _dice(largest_component_mask(p_fg), r, n_ref))
+    if n_cases == 0:
+        raise ValueError("no cases to decide postprocessing on")
+
+    before = {label: base.mean(label) for label in labels}
+    after_fg = {label: fg.mean(label) for label in labels}
+    foreground_lcc = _improves(before, after_fg)
+    current = dict(after_fg if foreground_lcc else before)
+    candidates = per_label_on_fg if foreground_lcc else per_label_on_base
+    per_label_lcc = []
+    if len(labels) > 1:  # with one label the per-label step is the foreground step again (nnU-Net skips it too)
+        for label in labels:
+            trial = dict(current)
+            trial[label] = candidates.mean(label)
+            if _improves(current, trial):
+                per_label_lcc.append(label)
+                current = trial
+    return {
+        "foreground_lcc": bool(foreground_lcc),
+        "per_label_lcc": per_label_lcc,
+        "dice_before": _json_float(_foreground_mean(before)),
+        "dice_after": _json_float(_foreground_mean(current)),
+        "label_dice_before": {str(k): _json_float(v) for k, v in before.items()},
+        "label_dice_after": {str(k): _json_float(v) for k, v in current.items()},
+        "n_cases": n_cases,
+    }
+
+
+def _json_float(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def record_postprocessing(con, *, experiment: str, configuration: str, decision: dict) -> None:
+    """Store a decision (replacing an earlier one) inside the caller's transaction."""
+    con.execute(
+        "INSERT OR REPLACE INTO postprocessing (experiment, configuration, decision, created_at) "
+        "VALUES (?, ?, ?, current_timestamp)",
+        [experiment, configuration, json.dumps(decision)],
+    )
+
+
+def load_postprocessing(con, *, experiment: str, configuration: str) -> dict | None:
+    """The stored decision for an experiment's configuration (or 'ensemble:a+b'), None when none was made."""
+    row = con.execute(
+        "SELECT decision FROM postprocessing WHERE experiment = ? AND configuration = ?", [experiment, configuration]
+    ).fetchone()
+    return None if row is None else json.loads(row[0])
