@@ -50,7 +50,14 @@ def format_table(table: pa.Table, *, fmt: str = "table", max_width: int = 60) ->
         writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow(["" if row[c] is None else (json.dumps(_jsonable(row[c])) if isinstance(row[c], (list, dict)) else _jsonable(row[c])) for c in columns])
+            writer.writerow(
+                [
+                    ""
+                    if row[c] is None
+                    else (json.dumps(_jsonable(row[c])) if isinstance(row[c], (list, dict)) else _jsonable(row[c]))
+                    for c in columns
+                ]
+            )
         return buffer.getvalue().rstrip("\r\n")
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}: use table, csv or json")

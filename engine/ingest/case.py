@@ -6,6 +6,7 @@ Runs in worker processes; it returns catalog rows to the main process and never 
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +31,29 @@ class CaseRecord:
     samples: list[np.ndarray] = field(default_factory=list)  # per channel, float32
 
 
-def file_hash(paths: list[Path]) -> str:
+def file_hash(paths: list[Path], *, check_gzip: bool = False) -> str:
+    """sha256 over the files' bytes; with `check_gzip`, also proves each .gz stream is complete.
+
+    ITK's NIfTI reader silently zero-fills a truncated .nii.gz, so completeness is checked here, in the
+    same pass that reads the bytes for the hash.
+    """
     digest = hashlib.sha256()
     for path in paths:
+        inflater = zlib.decompressobj(wbits=47) if check_gzip and path.name.endswith(".gz") else None
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+                if inflater is not None:
+                    try:
+                        while block and not inflater.eof:
+                            inflater.decompress(block, 1 << 22)
+                            block = inflater.unconsumed_tail
+                    except zlib.error as error:
+                        raise IngestError(
+                            f"{path}: unreadable or truncated image file (corrupt gzip data: {error})"
+                        ) from error
+        if inflater is not None and not inflater.eof:
+            raise IngestError(f"{path}: unreadable or truncated image file (the gzip stream ends early)")
     return digest.hexdigest()
 
 
@@ -127,7 +145,7 @@ def ingest_case(source: CaseSource, staging: Path, *, declared: frozenset[int], 
             "image_files": [str(p) for p in source.image_files],
             "label_file": str(source.label_file) if source.label_file else None,
             "source_bytes": sum(p.stat().st_size for p in files),
-            "content_hash": file_hash(files),
+            "content_hash": file_hash(files, check_gzip=True),
         }
     )
     if label is not None:

@@ -7,6 +7,7 @@ swap the staging folder into place, so an error, a crash or Ctrl-C leaves earlie
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from engine.ingest.layouts import DatasetSource, check_case_id, discover
 from engine.project import Project
 from engine.store.layout import dataset_dir
 
+HASH_MARKER = ".content_hash"
 DATASET_TABLES = (
     "intensity_samples",
     "foreground_stats",
@@ -93,6 +95,7 @@ def ingest_dataset(
     check_case_id(name, where=Path(source))
     described = discover(Path(source))
     existing = _existing_hash(project, name)
+    _recover_interrupted(dataset_dir(project, name), existing)
     if existing is not None:
         hashes = {
             c.case_id: file_hash([*c.image_files, *([c.label_file] if c.label_file else [])]) for c in described.cases
@@ -121,6 +124,37 @@ def ingest_dataset(
     return IngestResult(
         name, "replaced" if existing else "ingested", n_train, n_test, time.perf_counter() - start, total_bytes
     )
+
+
+def _recover_interrupted(target: Path, catalog_hash: str | None) -> None:
+    """Finish or undo what a killed ingest of this dataset left behind; the catalog decides which.
+
+    The catalog commits before the staged arrays are swapped in, so a staging folder whose recorded content
+    hash is the catalog's is the current data (the swap was cut short); any other staging folder is debris.
+    """
+    if not target.is_dir():
+        return
+    raw = target / "raw"
+    for staged in target.glob(".raw-staging-*"):
+        marker = staged / HASH_MARKER
+        if catalog_hash is not None and marker.is_file() and marker.read_text() == catalog_hash:
+            _swap_in(staged, raw)
+    for leftover in target.glob(".raw-staging-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for retired in target.glob(".raw-retired-*"):
+        if not raw.exists():
+            retired.rename(raw)
+        else:
+            shutil.rmtree(retired, ignore_errors=True)
+
+
+def _swap_in(staged: Path, raw: Path) -> None:
+    retired = raw.with_name(f".raw-retired-{uuid.uuid4().hex[:12]}")
+    if raw.exists():
+        raw.rename(retired)
+    staged.rename(raw)
+    (raw / HASH_MARKER).unlink(missing_ok=True)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _counts(source: DatasetSource) -> tuple[int, int]:
@@ -190,34 +224,24 @@ CASE_SCHEMA = {
 def _commit(
     project: Project, name: str, source: DatasetSource, records: list[CaseRecord], content_hash: str, staging: Path
 ) -> None:
-    """Record every case in one transaction and swap the staged arrays into `store/<name>/raw`."""
-    raw_dir = dataset_dir(project, name) / "raw"
-    retired = raw_dir.with_name(f".raw-retired-{uuid.uuid4().hex[:12]}")
+    """Record every case in one transaction, then swap the staged arrays into `store/<name>/raw`.
+
+    The catalog is the source of truth: the hash marker lets a later ingest finish a swap that a crash cut short.
+    """
+    (staging / HASH_MARKER).write_text(content_hash)
     con = open_connection(project)
     try:
         con.execute("BEGIN TRANSACTION")
-        _write_rows(con, name, source, records, content_hash)
-        # Swap the arrays in last, just before the commit; a failed commit swaps them back.
-        if raw_dir.exists():
-            raw_dir.rename(retired)
-        staging.rename(raw_dir)
         try:
+            _write_rows(con, name, source, records, content_hash)
             con.execute("COMMIT")
         except BaseException:
-            raw_dir.rename(staging)
-            if retired.exists():
-                retired.rename(raw_dir)
+            with contextlib.suppress(duckdb.Error):  # a failed COMMIT has already rolled back
+                con.execute("ROLLBACK")
             raise
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass  # the failed commit already rolled back
-        raise
     finally:
         con.close()
-    if retired.exists():
-        shutil.rmtree(retired, ignore_errors=True)
+    _swap_in(staging, dataset_dir(project, name) / "raw")
 
 
 def _write_rows(
