@@ -9,7 +9,6 @@ before anything is written.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import duckdb
@@ -60,7 +59,10 @@ def load_fingerprint(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, 
             + "; remove or fix the case and ingest again"
         )
     if all(fg == 0 for *_, fg in cases):
-        raise PlanningError(f"dataset {dataset!r}: no training case has any foreground (label > 0) voxel")
+        raise PlanningError(
+            f"dataset {dataset!r} has no labelled training cases: every training label is background only "
+            "(no voxel > 0); nothing to plan from"
+        )
 
     summary = con.execute(
         "SELECT median_relative_size_after_cropping FROM fingerprint WHERE dataset = ?", [dataset]
@@ -97,7 +99,6 @@ def load_fingerprint(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, 
     missing = [c for c in channel_names if c not in properties]
     if missing:
         raise PlanningError(f"dataset {dataset!r}: no foreground intensity statistics for channel(s) {missing}")
-    description = con.execute("SELECT description FROM datasets WHERE name = ?", [dataset]).fetchone()[0]
     return {
         "dataset": dataset,
         "dataset_hash": content_hash,
@@ -109,5 +110,4 @@ def load_fingerprint(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, 
         "channel_names": channel_names,
         "labels": _labels(con, dataset),
         "num_training": len(cases),
-        "description": json.loads(description) if isinstance(description, str) else description,
     }
