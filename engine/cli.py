@@ -91,6 +91,31 @@ def sql(ctx: click.Context, query: str, fmt: str, output: Path | None) -> None:
         click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
 
 
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--preset", type=click.Choice(["nnunet", "resenc-m", "resenc-l", "resenc-xl"]), default="nnunet", show_default=True
+)
+@click.option("--gpu-memory", "gpu_memory", type=float, default=None, help="GPU memory target in GB (preset default).")
+@click.pass_context
+def plan(ctx: click.Context, name: str, preset: str, gpu_memory: float | None) -> None:
+    """Fingerprint a dataset and plan 2d, 3d_fullres (and 3d_lowres + cascade when warranted)."""
+    import pyarrow as pa
+
+    from engine.catalog import CatalogError
+    from engine.planning import PlanningError, plan_dataset
+    from engine.tabular import format_table
+
+    try:
+        result = plan_dataset(name, project=_project(ctx), preset=preset, gpu_memory_gb=gpu_memory)
+    except (PlanningError, CatalogError) as error:
+        raise UserError(str(error)) from error
+    click.echo(f"plan {result.plan!r} for dataset {result.dataset!r} -> {result.artifact}")
+    click.echo(format_table(pa.Table.from_pylist(result.rows()), fmt="table", max_width=80))
+    if result.splits_written:
+        click.echo("wrote nnU-Net's default 5-fold splits (table splits)")
+
+
 @cli.command("demo-data")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cases", type=click.IntRange(min=2), default=10, show_default=True, help="Labelled training cases.")
