@@ -130,6 +130,74 @@ def demo_data(out: Path, cases: int, test_cases: int, seed: int, shape: tuple[in
     click.echo(f"wrote {cases} training and {test_cases} test cases to {out}")
 
 
+@cli.command()
+@click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--reference",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of reference segmentations.",
+)
+@click.option("--dataset", default=None, help="An ingested dataset whose labels are the references.")
+@click.option("--name", default=None, help="Name of this evaluation (default: the folder's name).")
+@click.option(
+    "--nsd-tolerance", type=click.FloatRange(min=0), default=1.0, show_default=True, help="NSD tolerance in mm."
+)
+@_workers_option
+@click.pass_context
+def evaluate(
+    ctx: click.Context,
+    pred_dir: Path,
+    reference: Path | None,
+    dataset: str | None,
+    name: str | None,
+    nsd_tolerance: float,
+    workers: int | None,
+) -> None:
+    """Score predictions against references (Dice, IoU, HD95, NSD per case and label) into the catalog."""
+    from engine.catalog import CatalogError
+    from engine.evaluation.evaluate import EvaluationError, evaluate_folder, evaluation_summary
+    from engine.tabular import format_table
+
+    try:
+        run_id = evaluate_folder(
+            pred_dir,
+            reference_dir=reference,
+            dataset=dataset,
+            name=name,
+            project=_project(ctx),
+            nsd_tolerance_mm=nsd_tolerance,
+            workers=workers,
+        )
+    except (EvaluationError, CatalogError) as error:
+        raise UserError(str(error)) from error
+    click.echo(format_table(evaluation_summary(run_id, project=_project(ctx)), fmt="table"))
+    click.echo(
+        f'run {run_id}: per-case rows in metrics (voxelbase sql "SELECT * FROM metrics WHERE run_id = {run_id}")'
+    )
+
+
+@cli.command()
+@click.argument("experiments", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--metric", type=click.Choice(["dice", "iou", "hd95", "nsd"]), default="dice", show_default=True)
+@click.pass_context
+def compare(ctx: click.Context, experiments: tuple[str, ...], fmt: str, metric: str) -> None:
+    """Configurations x folds (and ensembles, evaluations), mean ± std per label, from the summary views."""
+    from engine.catalog import CatalogError
+    from engine.evaluation.compare import compare as compare_table
+    from engine.evaluation.compare import for_display
+    from engine.tabular import format_table
+
+    try:
+        table = compare_table(list(experiments), project=_project(ctx), metric=metric)
+    except (ValueError, CatalogError) as error:
+        raise UserError(str(error)) from error
+    if table.num_rows == 0:
+        raise UserError("no finished runs with metrics yet: train and validate, or evaluate a folder, first")
+    click.echo(format_table(for_display(table) if fmt == "table" else table, fmt=fmt))
+
+
 def main() -> None:
     cli(prog_name="voxelbase")
 
