@@ -1,0 +1,169 @@
+"""nnU-Net's training loss: soft Dice + cross-entropy, summed over deep-supervision outputs.
+
+Reproduces nnU-Net v2's DC_and_CE_loss with MemoryEfficientSoftDiceLoss (softmax, background excluded, smooth 1e-5,
+optional batch Dice) wrapped in its DeepSupervisionWrapper (weights 1/2^i, lowest resolution weight 0, normalized),
+with targets downsampled per scale by nearest-exact interpolation as nnU-Net's DownsampleSegForDSTransform does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DICE_SMOOTH = 1e-5
+
+
+def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> list[list[float]]:
+    """Relative resolution of each deep-supervision output, full resolution first (nnU-Net's
+    `1 / cumprod(strides)` without the bottleneck). The decoder has one output per stage but the last."""
+    scales: list[list[float]] = []
+    factor = [1.0] * len(strides[0])
+    for stride in strides[:-1]:
+        factor = [f * s for f, s in zip(factor, stride, strict=True)]
+        scales.append([1.0 / f for f in factor])
+    return scales
+
+
+def deep_supervision_weights(n_outputs: int) -> list[float]:
+    """1/2^i per output, the lowest resolution set to 0, normalized to sum to 1 (nnU-Net's choice: the coarsest
+    output is too coarse to teach anything useful). A single output gets weight 1."""
+    if n_outputs <= 1:
+        return [1.0] * n_outputs
+    weights = [1.0 / (2**i) for i in range(n_outputs)]
+    weights[-1] = 0.0
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def downsample_targets(target: torch.Tensor, scales: Sequence[Sequence[float]]) -> list[torch.Tensor]:
+    """The label map at every deep-supervision scale. `target` is (B, 1, *spatial) or (B, *spatial), integer.
+
+    Nearest-exact interpolation to round(size * scale), as nnU-Net does; one float copy of the full-resolution
+    labels is shared by all scales. Returned maps keep the input's dtype and have a channel axis.
+    """
+    if target.ndim == len(scales[0]) + 1:
+        target = target[:, None]
+    results = []
+    as_float = None
+    for scale in scales:
+        if all(s == 1 for s in scale):
+            results.append(target)
+            continue
+        size = [round(n * s) for n, s in zip(target.shape[2:], scale, strict=True)]
+        if as_float is None:
+            as_float = target.float()
+        results.append(F.interpolate(as_float, size=size, mode="nearest-exact").to(target.dtype))
+    return results
+
+
+def soft_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    batch_dice: bool,
+    smooth: float = DICE_SMOOTH,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Negative mean soft Dice over foreground classes (nnU-Net's MemoryEfficientSoftDiceLoss, do_bg=False).
+
+    `target` is a label map (B, 1, *spatial); `mask` (B, 1, *spatial), 1 where the loss counts. With `batch_dice`
+    the sums run over the batch too, so a patch without a class does not count as a perfect 1 or a hard 0.
+    """
+    probs = torch.softmax(logits, dim=1)[:, 1:]
+    axes = tuple(range(2, logits.ndim))
+    with torch.no_grad():
+        onehot = torch.zeros(logits.shape, device=logits.device, dtype=torch.float32)
+        onehot.scatter_(1, target.long(), 1)
+        onehot = onehot[:, 1:]
+        if mask is not None:
+            onehot = onehot * mask
+        sum_gt = onehot.sum(axes, dtype=torch.float32)
+    if mask is not None:
+        probs = probs * mask
+    intersect = (probs * onehot).sum(axes, dtype=torch.float32)
+    sum_pred = probs.sum(axes, dtype=torch.float32)
+    if batch_dice:
+        intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+    dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
+    return -dice.mean()
+
+
+class DiceCELoss(nn.Module):
+    """Soft Dice + cross-entropy (weights 1:1), over one output or a deep-supervision list of outputs.
+
+    Call with logits (tensor or list, full resolution first) and the matching target(s): a list of label maps
+    from `downsample_targets`, or one full-resolution label map that is downsampled here.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_dice: bool,
+        ds_scales: Sequence[Sequence[float]] | None = None,
+        weight_dice: float = 1.0,
+        weight_ce: float = 1.0,
+        ignore_label: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.batch_dice = batch_dice
+        self.ds_scales = [list(s) for s in ds_scales] if ds_scales is not None else None
+        self.weights = deep_supervision_weights(len(self.ds_scales)) if self.ds_scales else [1.0]
+        self.weight_dice = weight_dice
+        self.weight_ce = weight_ce
+        self.ignore_label = ignore_label
+
+    def single(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of one output against a (B, 1, *spatial) or (B, *spatial) label map."""
+        if target.ndim == logits.ndim - 1:
+            target = target[:, None]
+        mask = None
+        target_dice = target
+        if self.ignore_label is not None:
+            valid = target != self.ignore_label
+            mask = valid.to(logits.dtype)
+            target_dice = torch.where(valid, target, torch.zeros_like(target))
+        dice = soft_dice_loss(logits, target_dice, batch_dice=self.batch_dice, mask=mask) if self.weight_dice else 0
+        ce: torch.Tensor | int = 0
+        if self.weight_ce and (mask is None or bool(mask.any())):
+            ce = F.cross_entropy(
+                logits,
+                target[:, 0].long(),
+                ignore_index=self.ignore_label if self.ignore_label is not None else -100,
+            )
+        return self.weight_ce * ce + self.weight_dice * dice
+
+    def forward(
+        self, outputs: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor | Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            target = targets if isinstance(targets, torch.Tensor) else targets[0]
+            return self.single(outputs, target)
+        if isinstance(targets, torch.Tensor):
+            if self.ds_scales is None:
+                raise ValueError("a list of outputs needs ds_scales or a list of targets")
+            targets = downsample_targets(targets, self.ds_scales)
+        if len(outputs) != len(self.weights) or len(targets) != len(outputs):
+            raise ValueError(
+                f"got {len(outputs)} outputs and {len(targets)} targets for {len(self.weights)} supervision scales"
+            )
+        total = None
+        for weight, output, target in zip(self.weights, outputs, targets, strict=True):
+            if weight == 0:
+                continue
+            term = weight * self.single(output, target)
+            total = term if total is None else total + term
+        return total
+
+
+def build_loss(
+    *, batch_dice: bool, strides: Sequence[Sequence[int]] | None, ignore_label: int | None = None
+) -> DiceCELoss:
+    """The training loss for a plan: pass the plan's architecture strides for deep supervision, None without."""
+    return DiceCELoss(
+        batch_dice=batch_dice,
+        ds_scales=deep_supervision_scales(strides) if strides is not None else None,
+        ignore_label=ignore_label,
+    )
