@@ -40,6 +40,9 @@ CREATE TABLE epochs (
 
 -- One row per case and foreground label. Dice/IoU are NULL when reference and prediction are both empty.
 -- hd95 is NULL when either is empty; nsd is 1 when both are empty and 0 when only one is.
+-- Distances are in mm with the case's spacing; hd95 is the larger of the two directed 95th percentiles of
+-- surface distances (MONAI's definition); nsd counts surface voxels within nsd_tolerance_mm of the other
+-- surface. Exact definitions: engine/evaluation/metrics.py.
 CREATE TABLE metrics (
     run_id   INTEGER NOT NULL,
     case_id  VARCHAR NOT NULL,

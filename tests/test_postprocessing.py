@@ -117,3 +117,23 @@ def test_decision_is_recorded_and_replaced(tmp_path):
         assert load_postprocessing(con, experiment="e", configuration="3d_fullres") == decision
         assert load_postprocessing(con, experiment="e", configuration="2d") is None
         assert con.execute("SELECT count(*) FROM postprocessing").fetchone()[0] == 1
+
+
+def test_determine_from_fold_folders_records_the_decision(tmp_path):
+    import SimpleITK as sitk
+
+    from engine.evaluation.postprocessing import determine_postprocessing
+
+    refs = tmp_path / "labelsTr"
+    refs.mkdir()
+    folds = [tmp_path / "fold_0", tmp_path / "fold_1"]
+    for i, (pred, ref, _) in enumerate(noisy_cases(4)):
+        folds[i % 2].mkdir(exist_ok=True)
+        sitk.WriteImage(sitk.GetImageFromArray(pred), str(folds[i % 2] / f"c{i}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(ref), str(refs / f"c{i}.nii.gz"))
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "a": 1, "b": 2}}))
+    project = tmp_path / "project"
+    decision = determine_postprocessing("e", "3d_fullres", pred_dirs=folds, reference_dir=refs, project=project)
+    assert decision["per_label_lcc"] == [2] and decision["n_cases"] == 4
+    with connect(project, read_only=True) as con:
+        assert load_postprocessing(con, experiment="e", configuration="3d_fullres") == decision

@@ -296,3 +296,32 @@ def evaluation_summary(run_id: int, *, project: Project | str | None = None):
         project=project,
         params=[int(run_id)],
     )
+
+
+def iter_case_pairs(
+    pred_dirs: Sequence[str | os.PathLike],
+    *,
+    reference_dir: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    project: Project | str | None = None,
+) -> tuple[list[int] | None, Iterator[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]]:
+    """(labels, a generator of (prediction, reference, spacing)) over the predictions in several folders.
+
+    For deciding postprocessing on cross-validation output (one folder per fold): every reference is checked
+    before the first case is read, and the generator holds one case in memory at a time.
+    """
+    if (reference_dir is None) == (dataset is None):
+        raise EvaluationError("give exactly one of a reference folder and a dataset")
+    project = Project.resolve(project)
+    predictions: dict[str, Path] = {}
+    for folder in pred_dirs:
+        for case_id, path in list_predictions(Path(folder)).items():
+            if case_id in predictions:
+                raise EvaluationError(f"case {case_id!r} is predicted twice: {predictions[case_id]} and {path}")
+            predictions[case_id] = path
+    if dataset is not None:
+        tasks, labels, _ignore = _dataset_tasks(project, dataset, predictions)
+    else:
+        tasks = _folder_tasks(Path(reference_dir), predictions)
+        labels = _folder_labels(Path(reference_dir))[0]
+    return labels, (load_case_pair(task) for task in tasks)

@@ -180,3 +180,28 @@ def load_postprocessing(con, *, experiment: str, configuration: str) -> dict | N
         "SELECT decision FROM postprocessing WHERE experiment = ? AND configuration = ?", [experiment, configuration]
     ).fetchone()
     return None if row is None else json.loads(row[0])
+
+
+def determine_postprocessing(
+    experiment: str,
+    configuration: str,
+    *,
+    pred_dirs,
+    dataset: str | None = None,
+    reference_dir=None,
+    labels: Sequence[int] | None = None,
+    project=None,
+) -> dict:
+    """Decide on the cross-validation predictions in `pred_dirs` (one folder per fold) and record the decision
+    for (experiment, configuration) -- the step nnU-Net runs after `find_best_configuration`."""
+    from engine.catalog import transaction
+    from engine.evaluation.evaluate import iter_case_pairs
+
+    found_labels, cases = iter_case_pairs(pred_dirs, reference_dir=reference_dir, dataset=dataset, project=project)
+    labels = labels if labels is not None else found_labels
+    if not labels:
+        raise ValueError("the labels to postprocess are unknown: pass labels=[...]")
+    decision = decide_postprocessing(cases, labels=labels)
+    with transaction(project) as con:
+        record_postprocessing(con, experiment=experiment, configuration=configuration, decision=decision)
+    return decision
