@@ -1,0 +1,32 @@
+# Two entry points (see README): `make demo` runs the whole job on a small synthetic dataset, `make test` the tests.
+# Each sets up its own virtual environment; torch is pinned to the CPU build available on the build machines.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_PROJECT ?= demo-project
+DEMO_DATA ?= demo-data
+
+$(BIN)/voxelbase: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0 || $(BIN)/pip install --quiet torch
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: venv demo test lint
+venv: $(BIN)/voxelbase
+
+demo: venv
+	rm -rf $(DEMO_PROJECT) $(DEMO_DATA)
+	$(BIN)/voxelbase demo-data $(DEMO_DATA) --cases 10 --test-cases 2
+	$(BIN)/voxelbase --project $(DEMO_PROJECT) ingest $(DEMO_DATA) --name demo
+	$(BIN)/voxelbase --project $(DEMO_PROJECT) datasets
+	$(BIN)/voxelbase --project $(DEMO_PROJECT) sql "SELECT case_id, split, shape, spacing FROM cases ORDER BY case_id"
+
+test: venv
+	$(BIN)/ruff check engine tests benchmarks
+	$(BIN)/pytest -x -q tests
+
+lint: venv
+	$(BIN)/ruff check engine tests benchmarks
+	$(BIN)/ruff format --check engine tests benchmarks
