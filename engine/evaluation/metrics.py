@@ -124,7 +124,7 @@ def _label_metrics(p: np.ndarray, r: np.ndarray, *, label: int, spacing, tau: fl
     elif n_pred == 0 or n_ref == 0:
         row["nsd"] = 0.0
     else:
-        box = _padded_box(p | r)
+        box = padded_box(p | r)
         d_pred, d_ref = _surface_distances(p[box], r[box], spacing=spacing)
         row["hd95"] = float(max(np.percentile(d_pred, 95), np.percentile(d_ref, 95)))
         within = np.count_nonzero(d_pred <= tau) + np.count_nonzero(d_ref <= tau)
@@ -132,7 +132,7 @@ def _label_metrics(p: np.ndarray, r: np.ndarray, *, label: int, spacing, tau: fl
     return row
 
 
-def _padded_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+def padded_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     """The bounding box of `mask`, grown by `margin` voxels and clipped to the volume."""
     box = []
     for axis in range(mask.ndim):
