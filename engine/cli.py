@@ -116,6 +116,26 @@ def plan(ctx: click.Context, name: str, preset: str, gpu_memory: float | None) -
         click.echo("wrote nnU-Net's default 5-fold splits (table splits)")
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--configuration", "-c", required=True, help="Planned configuration, e.g. 3d_fullres.")
+@click.option("--plan", "plan_name", default=None, help="Plan name (default: the newest plan of the dataset).")
+@_workers_option
+@click.pass_context
+def preprocess(ctx: click.Context, name: str, configuration: str, plan_name: str | None, workers: int | None) -> None:
+    """Crop, normalize and resample a dataset's cases into the preprocessed Zarr store (skips up-to-date cases)."""
+    from engine.catalog import CatalogError
+    from engine.preprocessing.dataset import PreprocessingError, preprocess_dataset
+
+    try:
+        result = preprocess_dataset(
+            name, configuration=configuration, plan=plan_name, workers=workers, project=_project(ctx)
+        )
+    except (PreprocessingError, CatalogError) as error:
+        raise UserError(str(error)) from error
+    click.echo(result.summary())
+
+
 @cli.command("demo-data")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cases", type=click.IntRange(min=2), default=10, show_default=True, help="Labelled training cases.")

@@ -1,0 +1,283 @@
+"""`voxelbase preprocess` as a function: every labelled case of a dataset through one planned configuration.
+
+Cases are independent, so they go to spawned worker processes one at a time; memory stays bounded by one case per
+worker. Workers read the raw Zarr arrays, preprocess, and write the case under a hidden temporary name that is
+renamed into place only when complete; they never touch the catalog. The main process records each finished case
+in its own short transaction. A killed run therefore leaves finished cases recorded and at most some temporary
+folders, which the next run deletes before redoing what is missing. Cases whose inputs (source bytes, plan, code
+version) are unchanged since they were stored are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from engine.catalog import transaction
+from engine.preprocessing.case import preprocess_case
+from engine.preprocessing.records import (
+    PreprocessingError,
+    PreprocessingInputs,
+    input_hash,
+    plan_hash,
+    read_inputs,
+    write_case_rows,
+)
+from engine.project import Project
+
+PARTIAL = ".partial-"
+HASH_FILE = ".input_hash"
+
+
+@dataclass(frozen=True)
+class CaseTask:
+    project_root: str
+    dataset: str
+    case_id: str
+    stage: str
+    plan: dict[str, Any]
+    spacing: tuple[float, float, float]
+    input_hash: str
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    case_id: str
+    properties: dict[str, Any]
+    stored_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    dataset: str
+    plan: str
+    configuration: str
+    processed: tuple[str, ...]
+    skipped: tuple[str, ...]
+    seconds: float
+    stored_bytes: int
+    store: Path
+
+    def summary(self) -> str:
+        return (
+            f"preprocessed {len(self.processed)} case(s) of {self.dataset} for {self.plan}/{self.configuration} "
+            f"in {self.seconds:.1f} s ({len(self.skipped)} already up to date); "
+            f"{self.stored_bytes / 1e6:.1f} MB in {self.store}"
+        )
+
+
+def stage_name(plan: str, configuration: str) -> str:
+    return f"{plan}/{configuration}"
+
+
+def _stage_path(project: Project, dataset: str, stage: str) -> Path:
+    return project.store_path / dataset / stage
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _chunks(shape: tuple[int, ...], patch_size: list[int]) -> tuple[int, ...]:
+    """Half a patch per axis (at most the array): a random patch touches few chunks and reads little beyond itself."""
+    patch = [1] * (len(shape) - len(patch_size)) + [int(p) for p in patch_size]
+    return tuple(max(1, min(int(s), -(-p // 2))) for s, p in zip(shape, patch))
+
+
+def _label_dtype(label: np.ndarray) -> np.dtype:
+    return np.dtype(np.int8) if label.size == 0 or (label.min() >= -128 and label.max() <= 127) else np.dtype(np.int16)
+
+
+def _write_array(path: Path, data: np.ndarray, *, chunks: tuple[int, ...]) -> None:
+    import zarr
+    from zarr.codecs import BloscCodec, BloscShuffle
+
+    array = zarr.create_array(
+        store=str(path),
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks,
+        compressors=[BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)],
+        zarr_format=3,
+        overwrite=True,
+    )
+    array[...] = data
+
+
+def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
+    """Worker: raw Zarr -> preprocess -> `<stage>/<case>` written whole under a temporary name, then renamed."""
+    from engine.store import read_case
+
+    started = time.perf_counter()
+    project = Project.resolve(task.project_root)
+    image, label = read_case(project, task.dataset, task.case_id)
+    image, label, properties = preprocess_case(image, label, spacing=task.spacing, plan=task.plan)
+    stage = _stage_path(project, task.dataset, task.stage)
+    final = stage / task.case_id
+    partial = stage / f".{task.case_id}{PARTIAL}{os.getpid()}"
+    try:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        chunks = _chunks(image.shape[1:], task.plan["patch_size"])
+        _write_array(partial / "image", image, chunks=(1, *chunks))
+        if label is not None:
+            _write_array(partial / "label", label.astype(_label_dtype(label)), chunks=chunks)
+        (partial / HASH_FILE).write_text(task.input_hash)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+    except BaseException as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise PreprocessingError(
+                f"could not write preprocessed case {task.case_id!r} to {final}: {error}"
+            ) from error
+        raise
+    return CaseOutcome(task.case_id, properties, _folder_bytes(final), time.perf_counter() - started)
+
+
+def _is_stored(stage: Path, case_id: str, digest: str) -> bool:
+    marker = stage / case_id / HASH_FILE
+    return marker.is_file() and marker.read_text() == digest
+
+
+def _remove_partials(stage: Path) -> None:
+    """Temporary folders of killed runs: never complete, so they can always go."""
+    if stage.is_dir():
+        for path in stage.iterdir():
+            if path.name.startswith(".") and PARTIAL in path.name:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+class _Recorder:
+    """Writes finished cases to the catalog in short transactions, at most every `interval` seconds.
+
+    Opening the catalog costs tens of milliseconds, more than preprocessing a small case; batching keeps it off the
+    critical path while a kill still loses at most the last few seconds of records (those cases are redone).
+    """
+
+    def __init__(
+        self, project: Project, inputs: PreprocessingInputs, digests: dict[str, str], *, interval: float = 2.0
+    ):
+        self.project, self.inputs, self.digests, self.interval = project, inputs, digests, interval
+        self.waiting: list[CaseOutcome] = []
+        self.last = time.monotonic()
+
+    def add(self, outcome: CaseOutcome) -> None:
+        self.waiting.append(outcome)
+        if time.monotonic() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.waiting:
+            with transaction(self.project) as con:
+                for outcome in self.waiting:
+                    key = (self.inputs.dataset, self.inputs.plan_name, self.inputs.configuration, outcome.case_id)
+                    write_case_rows(
+                        con,
+                        key=key,
+                        properties=outcome.properties,
+                        input_digest=self.digests[outcome.case_id],
+                        stored_bytes=outcome.stored_bytes,
+                        seconds=outcome.seconds,
+                    )
+            self.waiting = []
+        self.last = time.monotonic()
+
+
+def preprocess_dataset(
+    name: str,
+    *,
+    configuration: str,
+    plan: str | None = None,
+    workers: int | None = None,
+    project: Project | str | None = None,
+    progress: bool = True,
+) -> PreprocessResult:
+    """Preprocess every labelled case of `name` for one configuration of a plan (the newest plan by default).
+
+    Incremental: a case is skipped when its recorded input hash (case content, plan, code version) matches and its
+    stored folder carries the same hash. Failed cases are reported together at the end; finished ones are kept.
+    """
+    started = time.perf_counter()
+    resolved = Project.resolve(project)
+    inputs = read_inputs(resolved, name, configuration=configuration, plan=plan)
+    if not inputs.cases:
+        raise PreprocessingError(f"dataset {name!r} has no labelled training cases to preprocess")
+    stage = stage_name(inputs.plan_name, configuration)
+    stage_path = _stage_path(resolved, name, stage)
+    _remove_partials(stage_path)
+    plan_digest = plan_hash(inputs.plan)
+    digests = {case.case_id: input_hash(case.content_hash, plan_digest) for case in inputs.cases}
+    skipped = [
+        c.case_id
+        for c in inputs.cases
+        if inputs.recorded.get(c.case_id) == digests[c.case_id]
+        and _is_stored(stage_path, c.case_id, digests[c.case_id])
+    ]
+    tasks = [
+        CaseTask(str(resolved.root), name, c.case_id, stage, inputs.plan, c.spacing, digests[c.case_id])
+        for c in inputs.cases
+        if c.case_id not in set(skipped)
+    ]
+    processed: list[str] = []
+    failures: list[str] = []
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    recorder = _Recorder(resolved, inputs, digests)
+    bar = tqdm(total=len(tasks), desc=f"preprocess {configuration}", unit="case", disable=None if progress else True)
+
+    def finish(case_id: str, run) -> None:
+        try:
+            outcome = run()
+        except Exception as error:  # one bad case does not stop the others
+            failures.append(f"{case_id}: {error}")
+        else:
+            recorder.add(outcome)
+            processed.append(case_id)
+        bar.update()
+
+    try:
+        if workers == 1:
+            for task in tasks:
+                finish(task.case_id, lambda task=task: preprocess_stored_case(task))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                pending = {pool.submit(preprocess_stored_case, task): task.case_id for task in tasks}
+                try:
+                    while pending:
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            finish(pending.pop(future), future.result)
+                except BaseException:
+                    for future in pending:
+                        future.cancel()
+                    raise
+    finally:
+        bar.close()
+        recorder.flush()  # also on Ctrl-C: whatever finished is recorded
+    if failures:
+        raise PreprocessingError(
+            f"{len(failures)} case(s) of {name!r} failed to preprocess ({len(processed) + len(skipped)} done and "
+            "kept; run the command again after fixing the cause):\n  " + "\n  ".join(failures)
+        )
+    return PreprocessResult(
+        dataset=name,
+        plan=inputs.plan_name,
+        configuration=configuration,
+        processed=tuple(sorted(processed)),
+        skipped=tuple(skipped),
+        seconds=time.perf_counter() - started,
+        stored_bytes=_folder_bytes(stage_path) if stage_path.exists() else 0,
+        store=stage_path,
+    )
