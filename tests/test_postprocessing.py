@@ -137,3 +137,14 @@ def test_determine_from_fold_folders_records_the_decision(tmp_path):
     assert decision["per_label_lcc"] == [2] and decision["n_cases"] == 4
     with connect(project, read_only=True) as con:
         assert load_postprocessing(con, experiment="e", configuration="3d_fullres") == decision
+
+
+def test_matches_nnunet_on_random_cases():
+    """Voxels changed by nnU-Net 2.8.1's remove_all_but_largest_component_from_segmentation on the MONAI-checked
+    cases of test_metrics (foreground as one: labels [1, 2]; per label: 2), measured with nnU-Net itself."""
+    from tests.test_metrics import random_case
+
+    for case, fg_changed, label2_changed in [(0, 691, 122), (1, 778, 48), (5, 712, 160)]:
+        pred, _ = random_case(case)
+        assert int((keep_largest_component(pred, labels=None) != pred).sum()) == fg_changed
+        assert int((keep_largest_component(pred, labels=[2]) != pred).sum()) == label2_changed
