@@ -46,7 +46,10 @@ class PreprocessingInputs:
 
 
 def plan_hash(plan: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    """Hash of the plan's content. `dataset_hash` is left out: re-ingesting changed cases changes it, but cases
+    whose own bytes did not change (and whose plan values are the same) need not be redone."""
+    content = {k: v for k, v in plan.items() if k != "dataset_hash"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def input_hash(content_hash: str, plan_digest: str) -> str:
