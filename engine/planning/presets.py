@@ -25,6 +25,10 @@ class Preset:
     max_dataset_covered: float  # a batch sees at most this fraction of the dataset's voxels
     encoder_blocks: tuple[int, ...]  # convs (plain) or residual blocks (resenc) per encoder stage
     decoder_convs: tuple[int, ...]
+    # nnU-Net's default planner shrinks the patch until a batch of `min_batch_size` fits the reference scaled
+    # from `ref_batch_*` (so 2d patches may use six twelfths of the reference); its ResEnc planners shrink until
+    # the reference batch itself fits
+    shrink_for_min_batch: bool = False
     ref_batch_3d: int = 2
     ref_batch_2d: int = 12
     min_batch_size: int = 2
@@ -51,6 +55,7 @@ PRESETS: dict[str, Preset] = {
         max_dataset_covered=0.05,
         encoder_blocks=(2,) * 14,
         decoder_convs=(2,) * 13,
+        shrink_for_min_batch=True,
     ),
     "resenc-m": Preset(
         name="resenc-m",

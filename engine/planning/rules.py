@@ -152,7 +152,14 @@ def plan_configuration(
     estimate = _estimate(patch, layout, preset, features=features, num_outputs=num_outputs, cache=cache)
     reference_elements = preset.reference_elements_2d if dim == 2 else preset.reference_elements_3d
     reference = reference_elements * (gpu_memory_gb / preset.reference_gb)
-    while estimate > reference:
+    ref_batch = preset.ref_batch_2d if dim == 2 else preset.ref_batch_3d
+
+    def too_big(estimate: int) -> bool:
+        if preset.shrink_for_min_batch:
+            return estimate / ref_batch * preset.min_batch_size > reference
+        return estimate > reference
+
+    while too_big(estimate):
         axis = int(np.argsort([p / m for p, m in zip(patch, median)])[-1])
         # step by the divisor the *smaller* patch would need, so no valid size is skipped (224 between 256 and 192)
         trial = list(patch)
@@ -168,7 +175,6 @@ def plan_configuration(
         features = features_per_stage(layout.n_stages, base=preset.base_features, cap=cap)
         estimate = _estimate(patch, layout, preset, features=features, num_outputs=num_outputs, cache=cache)
 
-    ref_batch = preset.ref_batch_2d if dim == 2 else preset.ref_batch_3d
     batch_size = round((reference / estimate) * ref_batch)
     batch_cap = round(approx_dataset_voxels * preset.max_dataset_covered / np.prod(patch, dtype=np.float64))
     batch_size = max(min(batch_size, batch_cap), preset.min_batch_size)
