@@ -187,8 +187,8 @@ def _resample(
 def _spatial(
     params: AugmentParams, image: torch.Tensor, label: torch.Tensor, patch: tuple[int, ...], num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    out_img = _center_crop(image, patch, 0.0)
-    out_lbl = _center_crop(label, patch, -1)
+    out_img = _center_crop(image, patch, 0.0).contiguous()  # a copy: outputs never alias the inputs
+    out_lbl = _center_crop(label, patch, -1).contiguous()
     idx_cpu = params.do_spatial.nonzero().flatten()
     if idx_cpu.numel() == 0:
         return out_img, out_lbl
