@@ -1,7 +1,7 @@
 """`voxelbase compare`: configurations x folds, mean +- std per label, from the catalog's summary views.
 
 The table is built from `fold_summary` (one row per fold) and `configuration_summary` (a 'mean' row per
-configuration over its pooled cross-validation cases), so what it prints is what users get from
+configuration over its pooled cross-validation cases, shown when it has more than one fold), so what it prints is what users get from
 `voxelbase sql "SELECT * FROM fold_summary"` themselves. Columns: experiment, configuration, kind, fold, n_cases,
 then per label `<metric>_<label>` (mean over cases, NULL cases left out) and `<metric>_<label>_std` (sample
 standard deviation over cases), and `<metric>_fg`, the mean over labels (nnU-Net's foreground mean).
@@ -53,7 +53,7 @@ def compare(
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     chosen = list(experiments) if experiments else None
-    filter_sql = "WHERE ? IS NULL OR list_contains(?, experiment)"
+    filter_sql = "WHERE (? IS NULL OR list_contains(?, experiment))"
     with connect(project, read_only=True) as con:
         folds = con.execute(
             f"SELECT experiment, configuration, kind, fold, label, n_cases, {metric}_mean, {metric}_std "
@@ -62,7 +62,7 @@ def compare(
         ).fetchall()
         pooled = con.execute(
             f"SELECT experiment, configuration, kind, 'mean', label, n_cases, {metric}_mean, {metric}_std "
-            f"FROM configuration_summary {filter_sql}",
+            f"FROM configuration_summary {filter_sql} AND n_folds > 1",
             [chosen, chosen],
         ).fetchall()
         names = _label_names(con, chosen)
