@@ -218,6 +218,41 @@ def compare(ctx: click.Context, experiments: tuple[str, ...], fmt: str, metric: 
     click.echo(format_table(for_display(table) if fmt == "table" else table, fmt=fmt))
 
 
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--configuration", "-c", default=None, help="Train only this configuration (default: the spec's).")
+@click.option("--fold", "-f", default=None, help="Train only this fold: 0-4 or all (default: the spec's folds).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key, e.g. train.epochs=50."
+)
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the spec's train.device).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its latest checkpoint.")
+@click.pass_context
+def train(ctx: click.Context, spec: Path, configuration, fold, overrides, device, resume) -> None:
+    """Train one or more folds of an experiment spec."""
+    from engine.device import DeviceError
+    from engine.spec import SpecError
+    from engine.training.api import train as train_spec
+    from engine.training.checkpoint import CheckpointError
+    from engine.training.setup import TrainingError
+
+    try:
+        results = train_spec(
+            spec,
+            project=_project(ctx),
+            configuration=configuration,
+            fold=fold,
+            overrides=overrides,
+            device=device,
+            resume=resume,
+        )
+    except (SpecError, TrainingError, DeviceError, CheckpointError) as error:
+        raise UserError(str(error)) from error
+    for r in results:
+        note = "already trained to these epochs" if r.status == "skipped" else f"{r.epochs} epochs"
+        click.echo(f"run {r.run_id}: {r.run_dir} ({note})")
+
+
 def main() -> None:
     cli(prog_name="voxelbase")
 

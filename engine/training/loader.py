@@ -1,0 +1,160 @@
+"""The patch stream: batches of (B, C, *patch) images and (B, 1, *patch) labels, read straight from Zarr.
+
+Batch `k` is a pure function of (seed, k): which cases, where, and how it is augmented. Worker threads read
+(and, when training on the CPU, augment) batches ahead of the training step, in order, so loading overlaps
+compute; Blosc decompression and torch ops release the GIL, so threads suffice. On CUDA, augmentation runs on
+the GPU in the training process instead (`augment_batch`), on whole batches.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.project import Project
+from engine.training.augment import AugmentConfig, AugmentParams, apply_augmentation, draw_params
+from engine.training.patches import CaseArrays, CaseEntry, read_patch, sample_batch
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    batch_size: int
+    patch_size: tuple[int, ...]  # final patch, (z, y, x) or (y, x) for 2-D configurations
+    read_size: tuple[int, ...]  # what is read: larger than patch_size when augmenting
+    oversample_foreground: float
+    seed: int
+    num_classes: int
+    augment: AugmentConfig | None = None
+    dummy_2d: bool = False
+
+
+@dataclass
+class Batch:
+    index: int
+    image: torch.Tensor  # (B, C, *S) float32
+    label: torch.Tensor  # (B, 1, *S) int16
+    case_ids: list[str]
+    starts: list[tuple[int, ...]]
+    forced_foreground: list[bool]
+    augmented: bool = False
+    params: AugmentParams | None = None
+
+
+def batch_generator(seed: int, index: int, stream: int) -> np.random.Generator:
+    """Independent, reproducible random streams per batch: stream 0 picks patches, 1 augments."""
+    return np.random.default_rng([seed, index, stream])
+
+
+def augment_batch(batch: Batch, settings: StreamSettings, *, device: torch.device | None = None) -> Batch:
+    """Augment a read batch on `device` (default: where it is) with parameters drawn from its own seed."""
+    if settings.augment is None or batch.augmented:
+        return batch
+    generator = torch.Generator().manual_seed(int(batch_generator(settings.seed, batch.index, 1).integers(2**62)))
+    params = draw_params(
+        settings.augment,
+        batch_size=batch.image.shape[0],
+        spatial_dims=len(settings.patch_size),
+        generator=generator,
+        dummy_2d=settings.dummy_2d,
+        channels=batch.image.shape[1],
+        patch_size=settings.patch_size,
+    )
+    image, label = batch.image, batch.label
+    if device is not None:
+        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+    image, label = apply_augmentation(
+        params, image, label, patch_size=settings.patch_size, num_classes=settings.num_classes
+    )
+    return Batch(batch.index, image, label, batch.case_ids, batch.starts, batch.forced_foreground, True, params)
+
+
+class PatchStream:
+    """Reproducible batches from preprocessed cases of one dataset/plan/configuration."""
+
+    def __init__(
+        self,
+        project: Project,
+        dataset: str,
+        *,
+        stage: str,
+        cases: Sequence[CaseEntry],
+        settings: StreamSettings,
+        workers: int = 2,
+        prefetch: int = 4,
+        augment_in_workers: bool = True,
+        pin_memory: bool = False,
+    ) -> None:
+        if not cases:
+            raise ValueError("the patch stream needs at least one case")
+        self.cases = list(cases)
+        self.settings = settings
+        self.workers = max(1, workers)
+        self.prefetch = max(1, prefetch)
+        self.augment_in_workers = augment_in_workers
+        self.pin_memory = pin_memory
+        self._arrays = CaseArrays(project, dataset, stage)
+
+    def read(self, index: int) -> Batch:
+        """Batch `index`, read (and padded) but not augmented."""
+        s = self.settings
+        requests = sample_batch(
+            batch_generator(s.seed, index, 0),
+            self.cases,
+            batch_size=s.batch_size,
+            read_size=s.read_size,
+            patch_size=s.patch_size,
+            oversample=s.oversample_foreground,
+        )
+        two_d = len(s.patch_size) == 2
+        size = (1, *s.read_size) if two_d else s.read_size
+        images, labels = [], []
+        for request in requests:
+            image_array, label_array = self._arrays.get(self.cases[request.case].case_id)
+            image = read_patch(image_array, request.start, size)
+            label = read_patch(label_array, request.start, size, fill=-1)
+            if two_d:
+                image, label = image[:, 0], label[0]
+            images.append(image)
+            labels.append(label)
+        image = torch.from_numpy(np.stack(images).astype(np.float32, copy=False))
+        label = torch.from_numpy(np.stack(labels).astype(np.int16, copy=False))[:, None]
+        if s.augment is None:
+            label = label.clamp_(min=0)  # outside the nonzero mask / padding is background
+        return Batch(
+            index,
+            image,
+            label,
+            [self.cases[r.case].case_id for r in requests],
+            [r.start for r in requests],
+            [r.forced_foreground for r in requests],
+        )
+
+    def produce(self, index: int) -> Batch:
+        batch = self.read(index)
+        if self.augment_in_workers:
+            batch = augment_batch(batch, self.settings)
+        if self.pin_memory:
+            batch.image, batch.label = batch.image.pin_memory(), batch.label.pin_memory()
+        return batch
+
+    def iterate(self, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
+        """Batches start, start+1, ... (forever when `stop` is None), produced `prefetch` ahead in worker threads."""
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="patches") as pool:
+            pending: collections.deque = collections.deque()
+            index = start
+            try:
+                while True:
+                    while len(pending) < self.prefetch and (stop is None or index < stop):
+                        pending.append(pool.submit(self.produce, index))
+                        index += 1
+                    if not pending:
+                        return
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()

@@ -1,0 +1,109 @@
+"""Everything a fold's training needs, resolved once from the spec, the plan and the catalog.
+
+Errors here are the user's to fix (not planned, not preprocessed, stale, unknown fold) and say what to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.catalog.queries import run_query
+from engine.planning import load_plan, load_splits
+from engine.preprocessing.dataset import stage_name
+from engine.project import Project
+from engine.spec import ExperimentSpec
+from engine.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
+from engine.training.loader import StreamSettings
+from engine.training.patches import CaseEntry, load_cases
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot start as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class FoldSetup:
+    plan: dict
+    plan_name: str
+    stage: str
+    train_cases: list[CaseEntry]
+    val_cases: list[CaseEntry]
+    train_settings: StreamSettings
+    val_settings: StreamSettings
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        return list(range(1, int(self.plan["num_classes"])))
+
+
+def fold_cases(project: Project, dataset: str, fold: str) -> tuple[list[str], list[str]]:
+    """(train, validation) case ids; fold 'all' trains on every labelled case and validates on them too."""
+    splits = load_splits(project, dataset)
+    if fold == "all":
+        first = next(iter(splits.values()))
+        everything = sorted(set(first["train"]) | set(first["val"]))
+        return everything, everything
+    if fold not in splits:
+        raise TrainingError(
+            f"fold {fold!r} is not among the splits of dataset {dataset!r} (folds: {', '.join(splits)})"
+        )
+    return splits[fold]["train"], splits[fold]["val"]
+
+
+def check_fresh(project: Project, dataset: str, plan: dict) -> None:
+    row = run_query("SELECT content_hash FROM datasets WHERE name = ?", project=project, params=[dataset]).to_pylist()
+    if not row:
+        raise TrainingError(f"dataset {dataset!r} is not in the catalog: voxelbase ingest SOURCE --name {dataset}")
+    if plan.get("dataset_hash") and plan["dataset_hash"] != row[0]["content_hash"]:
+        raise TrainingError(
+            f"plan {plan['plan']!r} was made before dataset {dataset!r} was re-ingested: run voxelbase plan {dataset}, "
+            "then preprocess again"
+        )
+
+
+def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str) -> FoldSetup:
+    try:
+        plan = load_plan(project, spec.dataset, configuration=configuration, plan=spec.train.plan)
+    except Exception as error:
+        raise TrainingError(str(error)) from error
+    check_fresh(project, spec.dataset, plan)
+    train_ids, val_ids = fold_cases(project, spec.dataset, fold)
+    stage = stage_name(plan["plan"], configuration)
+    try:
+        train_cases = load_cases(
+            project, spec.dataset, plan=plan["plan"], configuration=configuration, case_ids=train_ids
+        )
+        val_cases = load_cases(project, spec.dataset, plan=plan["plan"], configuration=configuration, case_ids=val_ids)
+    except LookupError as error:
+        raise TrainingError(str(error)) from error
+    patch = tuple(spec.train.patch_size or plan["patch_size"])
+    batch_size = spec.train.batch_size or int(plan["batch_size"])
+    augment: AugmentConfig = spec.augment
+    dummy_2d = use_dummy_2d(patch, augment)
+    common = {
+        "batch_size": batch_size,
+        "patch_size": patch,
+        "oversample_foreground": spec.train.oversample_foreground,
+        "num_classes": int(plan["num_classes"]),
+    }
+    return FoldSetup(
+        plan=plan,
+        plan_name=plan["plan"],
+        stage=stage,
+        train_cases=train_cases,
+        val_cases=val_cases,
+        train_settings=StreamSettings(
+            **common,
+            read_size=initial_patch_size(patch, augment, dummy_2d=dummy_2d),
+            seed=spec.train.seed,
+            augment=augment,
+            dummy_2d=dummy_2d,
+        ),
+        val_settings=StreamSettings(**common, read_size=patch, seed=spec.train.seed + 1),
+    )
+
+
+def default_workers() -> int:
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 2)))

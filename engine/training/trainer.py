@@ -1,0 +1,304 @@
+"""Training one fold, top to bottom: build, (resume,) loop over epochs, checkpoint, validate, record.
+
+Every epoch is a row in `epochs`; the run is a row in `runs` whose status says how it ended. Batches are a
+pure function of (seed, batch index), so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.device import resolve_device
+from engine.project import Project
+from engine.spec import ExperimentSpec
+from engine.training import records
+from engine.training.checkpoint import load_checkpoint, save_checkpoint
+from engine.training.loader import PatchStream, augment_batch
+from engine.training.loss import DiceCELoss, deep_supervision_scales
+from engine.training.network import build_network
+from engine.training.optim import build_optimizer, poly_lr, set_lr
+from engine.training.plot import plot_progress
+from engine.training.setup import FoldSetup, TrainingError, default_workers, prepare_fold
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    run_id: int
+    run_dir: Path
+    status: str  # 'finished' or 'skipped' (already trained to these epochs)
+    epochs: int
+    best_ema_dice: float | None
+
+
+def _autocast(device: torch.device, amp: str):
+    if device.type != "cuda" or amp == "off":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(3, K-1) true positives, false positives, false negatives of the argmax per foreground class (nnU-Net)."""
+    predicted = logits.argmax(1)
+    target = target[:, 0].long()
+    counts = torch.zeros(3, num_classes - 1, dtype=torch.float64)
+    for c in range(1, num_classes):
+        p, t = predicted == c, target == c
+        counts[0, c - 1] = (p & t).sum().item()
+        counts[1, c - 1] = (p & ~t).sum().item()
+        counts[2, c - 1] = (~p & t).sum().item()
+    return counts
+
+
+def _start_or_resume(
+    project: Project,
+    spec: ExperimentSpec,
+    setup: FoldSetup,
+    *,
+    configuration: str,
+    fold: str,
+    run_dir: Path,
+    device: torch.device,
+    resume: bool,
+) -> tuple[int, Path | None, bool]:
+    """(run_id, checkpoint to continue from or None, already_done) by the rules of resume and extend."""
+    previous = records.latest_run(project, experiment=spec.name, configuration=configuration, fold=fold)
+    epochs, spec_hash = spec.train.epochs, spec.hash()
+    if previous is not None and previous["status"] == "finished":
+        final = run_dir / "checkpoint_final.pt"
+        if epochs == previous["epochs"] and final.exists() and not resume:
+            return previous["run_id"], None, True
+        if epochs > previous["epochs"] and final.exists():  # extend: continue from the final checkpoint
+            records.reopen_run(project, previous["run_id"], epochs=epochs, spec_hash=spec_hash, device=str(device))
+            return previous["run_id"], final, False
+    elif previous is not None and resume:
+        latest = run_dir / "checkpoint_latest.pt"
+        if not latest.exists():
+            raise TrainingError(
+                f"nothing to resume for {spec.name}/{configuration}/fold_{fold}: {latest} does not exist"
+            )
+        records.reopen_run(project, previous["run_id"], epochs=epochs, spec_hash=spec_hash, device=str(device))
+        return previous["run_id"], latest, False
+    elif resume:
+        raise TrainingError(f"nothing to resume for {spec.name}/{configuration}/fold_{fold}: it never ran")
+    for stale in run_dir.glob("checkpoint_*.pt"):
+        stale.unlink()
+    run_id = records.start_run(
+        project,
+        experiment=spec.name,
+        configuration=configuration,
+        fold=fold,
+        plan=setup.plan_name,
+        spec_hash=spec_hash,
+        epochs=epochs,
+        device=str(device),
+        run_dir=str(run_dir),
+    )
+    return run_id, None, False
+
+
+def train_fold(
+    project: Project,
+    spec: ExperimentSpec,
+    *,
+    configuration: str,
+    fold: str,
+    device: str | None = None,
+    resume: bool = False,
+    validate: bool | None = None,
+) -> FoldResult:
+    """Train (or resume, or extend) one fold of one configuration, then validate it."""
+    cfg = spec.train
+    setup = prepare_fold(project, spec, configuration=configuration, fold=fold)
+    dev = resolve_device(device or cfg.device)
+    run_dir = project.run_dir(spec.name, configuration, fold)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records.record_experiment(project, name=spec.name, dataset=spec.dataset, spec=spec.to_dict(), spec_hash=spec.hash())
+    run_id, checkpoint, done = _start_or_resume(
+        project, spec, setup, configuration=configuration, fold=fold, run_dir=run_dir, device=dev, resume=resume
+    )
+    if done:
+        return FoldResult(run_id, run_dir, "skipped", cfg.epochs, None)
+    try:
+        result = _train(project, spec, setup, run_id=run_id, run_dir=run_dir, device=dev, checkpoint=checkpoint)
+        if validate if validate is not None else cfg.validate:
+            from engine.training.validation import validate_fold
+
+            validate_fold(project, spec, setup, run_id=run_id, run_dir=run_dir, device=dev)
+    except KeyboardInterrupt:
+        records.finish_run(project, run_id, status="interrupted", error="interrupted by the user")
+        raise
+    except BaseException as error:
+        records.finish_run(project, run_id, status="failed", error=f"{type(error).__name__}: {error}")
+        raise
+    records.finish_run(project, run_id, status="finished")
+    return result
+
+
+def _train(
+    project: Project,
+    spec: ExperimentSpec,
+    setup: FoldSetup,
+    *,
+    run_id: int,
+    run_dir: Path,
+    device: torch.device,
+    checkpoint: Path | None,
+) -> FoldResult:
+    cfg, plan = spec.train, setup.plan
+    torch.manual_seed(cfg.seed)
+    num_classes = int(plan["num_classes"])
+    network = build_network(
+        plan["architecture"],
+        in_channels=int(plan["n_channels"]),
+        num_classes=num_classes,
+        deep_supervision=cfg.deep_supervision,
+    ).to(device)
+    if device.type == "cuda" and cfg.channels_last is True:
+        network = network.to(
+            memory_format=torch.channels_last_3d if len(setup.train_settings.patch_size) == 3 else torch.channels_last
+        )
+    optimizer = build_optimizer(network, lr=cfg.initial_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    batch_dice = plan["batch_dice"] if cfg.batch_dice is None else cfg.batch_dice
+    strides = plan["architecture"]["strides"] if cfg.deep_supervision else None
+    loss_fn = DiceCELoss(
+        batch_dice=batch_dice,
+        ds_scales=deep_supervision_scales(strides) if strides else None,
+        weight_dice=cfg.dice_weight,
+        weight_ce=cfg.ce_weight,
+    )
+    model = torch.compile(network) if cfg.compile else network
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported() and cfg.amp != "off"
+    )
+
+    start_epoch, history, best_ema = 0, [], -math.inf
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, map_location=device)
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.random.set_rng_state(state["torch_rng"].cpu())
+        start_epoch = state["epoch"] + 1
+        history = state["state"]["history"][:start_epoch]
+        best_ema = state["state"]["best_ema"]
+        records.forget_epochs_after(project, run_id, state["epoch"])
+
+    workers = cfg.num_workers or default_workers()
+    on_gpu = device.type == "cuda"
+    augment_on_device = on_gpu and cfg.augment_device != "cpu"
+    train_stream = PatchStream(
+        project,
+        spec.dataset,
+        stage=setup.stage,
+        cases=setup.train_cases,
+        settings=setup.train_settings,
+        workers=workers,
+        augment_in_workers=not augment_on_device,
+        pin_memory=on_gpu and cfg.pin_memory,
+    )
+    val_stream = PatchStream(
+        project,
+        spec.dataset,
+        stage=setup.stage,
+        cases=setup.val_cases,
+        settings=setup.val_settings,
+        workers=max(1, workers // 2),
+        pin_memory=on_gpu and cfg.pin_memory,
+    )
+    iterations, val_iterations = cfg.iterations_per_epoch, cfg.val_iterations
+    train_batches = train_stream.iterate(start_epoch * iterations, cfg.epochs * iterations)
+    val_batches = val_stream.iterate(start_epoch * val_iterations, cfg.epochs * val_iterations)
+    state_of = lambda: {"history": history, "best_ema": best_ema}  # noqa: E731
+
+    progress = tqdm(
+        range(start_epoch, cfg.epochs),
+        desc=f"{spec.name} {setup.stage} fold",
+        unit="epoch",
+        initial=start_epoch,
+        total=cfg.epochs,
+        disable=None,
+    )
+    for epoch in progress:
+        started = time.perf_counter()
+        lr = poly_lr(epoch, cfg.epochs, cfg.initial_lr, cfg.poly_exponent)
+        set_lr(optimizer, lr)
+
+        model.train()
+        train_losses = []
+        for _ in range(iterations):
+            batch = next(train_batches)
+            if augment_on_device:
+                batch = augment_batch(batch, setup.train_settings, device=device)
+            image = batch.image.to(device, non_blocking=True)
+            label = batch.label.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, cfg.amp):
+                loss = loss_fn(model(image), label)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            train_losses.append(loss.item())
+
+        model.eval()
+        val_losses, counts = [], torch.zeros(3, num_classes - 1, dtype=torch.float64)
+        with torch.no_grad():
+            for _ in range(val_iterations):
+                batch = next(val_batches)
+                image = batch.image.to(device, non_blocking=True)
+                label = batch.label.to(device, non_blocking=True)
+                with _autocast(device, cfg.amp):
+                    outputs = model(image)
+                    val_losses.append(loss_fn(outputs, label).item())
+                highest = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+                counts += _pseudo_dice_counts(highest.float(), label, num_classes)
+        tp, fp, fn = counts
+        dice = [float(2 * a / (2 * a + b + c)) if (2 * a + b + c) > 0 else float("nan") for a, b, c in zip(tp, fp, fn)]
+        mean_dice = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0
+        ema = (
+            mean_dice
+            if not history
+            else history[-1]["ema_dice"] * cfg.ema_pseudo_dice + (1 - cfg.ema_pseudo_dice) * mean_dice
+        )
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(train_losses)),
+            "lr": lr,
+            "val_loss": float(np.mean(val_losses)) if val_losses else None,
+            "val_dice": [None if math.isnan(d) else d for d in dice],
+            "seconds": time.perf_counter() - started,
+        }
+        records.record_epoch(project, run_id, row)
+        history.append({**row, "mean_dice": mean_dice, "ema_dice": ema})
+        progress.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{mean_dice:.3f}", ema=f"{ema:.3f}")
+
+        save = {"network": network, "optimizer": optimizer, "epoch": epoch, "spec": spec.to_dict(), "plan": plan}
+        if ema > best_ema:
+            best_ema = ema
+            save_checkpoint(run_dir / "checkpoint_best.pt", state=state_of(), **save)
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            save_checkpoint(run_dir / "checkpoint_latest.pt", state=state_of(), **save)
+            plot_progress(run_dir / "progress.png", history)
+    progress.close()
+    final_epoch = cfg.epochs - 1
+    save_checkpoint(
+        run_dir / "checkpoint_final.pt",
+        network=network,
+        optimizer=optimizer,
+        epoch=final_epoch,
+        spec=spec.to_dict(),
+        plan=plan,
+        state=state_of(),
+    )
+    (run_dir / "checkpoint_latest.pt").unlink(missing_ok=True)  # a finished run resumes from final, as nnU-Net does
+    plot_progress(run_dir / "progress.png", history)
+    return FoldResult(run_id, run_dir, "finished", cfg.epochs, best_ema if history else None)
