@@ -5,6 +5,8 @@ Errors here are the user's to fix (not planned, not preprocessed, stale, unknown
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from engine.catalog.queries import run_query
@@ -12,9 +14,23 @@ from engine.planning import load_plan, load_splits
 from engine.preprocessing.dataset import stage_name
 from engine.project import Project
 from engine.spec import ExperimentSpec
+from engine.spec.model import section_dict
 from engine.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
 from engine.training.loader import StreamSettings
 from engine.training.patches import CaseEntry, load_cases
+
+
+# Train settings that choose what to run or where, not what is learned: they never invalidate a trained fold.
+RUN_ONLY_KEYS = frozenset(
+    {"configurations", "folds", "device", "num_workers", "pin_memory", "validate", "save_probabilities", "epochs"}
+)
+
+
+def training_hash(spec: ExperimentSpec) -> str:
+    """What a fold's weights depend on besides the epoch count: equal hashes can resume or extend each other."""
+    train = {k: v for k, v in section_dict(spec.train).items() if k not in RUN_ONLY_KEYS}
+    payload = json.dumps({"dataset": spec.dataset, "train": train, "augment": spec.augment.to_dict()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 class TrainingError(RuntimeError):

@@ -26,7 +26,7 @@ from engine.training.loss import DiceCELoss, deep_supervision_scales
 from engine.training.network import build_network
 from engine.training.optim import build_optimizer, poly_lr, set_lr
 from engine.training.plot import plot_progress
-from engine.training.setup import FoldSetup, TrainingError, default_workers, prepare_fold
+from engine.training.setup import FoldSetup, TrainingError, default_workers, prepare_fold, training_hash
 
 
 @dataclass(frozen=True)
@@ -71,24 +71,31 @@ def _start_or_resume(
 ) -> tuple[int, Path | None, bool]:
     """(run_id, checkpoint to continue from or None, already_done) by the rules of resume and extend."""
     previous = records.latest_run(project, experiment=spec.name, configuration=configuration, fold=fold)
-    epochs, spec_hash = spec.train.epochs, spec.hash()
-    if previous is not None and previous["status"] == "finished":
+    epochs, key = spec.train.epochs, training_hash(spec)
+    same_training = previous is not None and previous["spec_hash"] == key
+    if previous is not None and previous["status"] == "finished" and same_training and not resume:
         final = run_dir / "checkpoint_final.pt"
-        if epochs == previous["epochs"] and final.exists() and not resume:
+        if epochs == previous["epochs"] and final.exists():
             return previous["run_id"], None, True
         if epochs > previous["epochs"] and final.exists():  # extend: continue from the final checkpoint
-            records.reopen_run(project, previous["run_id"], epochs=epochs, spec_hash=spec_hash, device=str(device))
+            records.reopen_run(project, previous["run_id"], epochs=epochs, spec_hash=key, device=str(device))
             return previous["run_id"], final, False
-    elif previous is not None and resume:
+    if resume:
         latest = run_dir / "checkpoint_latest.pt"
-        if not latest.exists():
+        if previous is None:
+            raise TrainingError(f"nothing to resume for {spec.name}/{configuration}/fold_{fold}: it never ran")
+        if previous["status"] == "finished" or not latest.exists():
             raise TrainingError(
-                f"nothing to resume for {spec.name}/{configuration}/fold_{fold}: {latest} does not exist"
+                f"nothing to resume for {spec.name}/{configuration}/fold_{fold}: its last run is {previous['status']}"
+                f" and has no {latest.name}"
             )
-        records.reopen_run(project, previous["run_id"], epochs=epochs, spec_hash=spec_hash, device=str(device))
+        if not same_training:
+            raise TrainingError(
+                f"cannot resume {spec.name}/{configuration}/fold_{fold}: the training settings changed since it started; "
+                "train without --resume to start over"
+            )
+        records.reopen_run(project, previous["run_id"], epochs=epochs, spec_hash=key, device=str(device))
         return previous["run_id"], latest, False
-    elif resume:
-        raise TrainingError(f"nothing to resume for {spec.name}/{configuration}/fold_{fold}: it never ran")
     for stale in run_dir.glob("checkpoint_*.pt"):
         stale.unlink()
     run_id = records.start_run(
@@ -97,7 +104,7 @@ def _start_or_resume(
         configuration=configuration,
         fold=fold,
         plan=setup.plan_name,
-        spec_hash=spec_hash,
+        spec_hash=key,
         epochs=epochs,
         device=str(device),
         run_dir=str(run_dir),
