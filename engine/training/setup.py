@@ -19,7 +19,6 @@ from engine.training.augment import AugmentConfig, initial_patch_size, use_dummy
 from engine.training.loader import StreamSettings
 from engine.training.patches import CaseEntry, load_cases
 
-
 # Train settings that choose what to run or where, not what is learned: they never invalidate a trained fold.
 RUN_ONLY_KEYS = frozenset(
     {"configurations", "folds", "device", "num_workers", "pin_memory", "validate", "save_probabilities", "epochs"}
