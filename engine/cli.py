@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from engine.errors import VoxelbaseError
 from engine.project import PROJECT_ENV, Project
 
 
@@ -14,11 +15,21 @@ class UserError(click.ClickException):
     """An error the user can fix; printed without a traceback."""
 
 
+class VoxelbaseGroup(click.Group):
+    """Turns every `VoxelbaseError` (bad input, a state the user can fix) into a clean message and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except VoxelbaseError as error:
+            raise UserError(str(error)) from error
+
+
 def _project(ctx: click.Context) -> Project:
     return ctx.obj["project"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=VoxelbaseGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--project",
     type=click.Path(file_okay=False, path_type=Path),
@@ -47,12 +58,9 @@ def _workers_option(func):
 @click.pass_context
 def ingest(ctx: click.Context, source: Path, name: str, replace: bool, workers: int | None) -> None:
     """Import an nnU-Net v2 raw folder or an MSD task folder."""
-    from engine.ingest import IngestError, ingest_dataset
+    from engine.ingest import ingest_dataset
 
-    try:
-        result = ingest_dataset(source, name=name, project=_project(ctx), workers=workers, replace=replace)
-    except IngestError as error:
-        raise UserError(str(error)) from error
+    result = ingest_dataset(source, name=name, project=_project(ctx), workers=workers, replace=replace)
     click.echo(result.summary())
 
 
@@ -75,13 +83,12 @@ def sql(ctx: click.Context, query: str, fmt: str, output: Path | None) -> None:
     """Run any SQL over the catalog (read-only)."""
     import duckdb
 
-    from engine.catalog import CatalogError
     from engine.catalog.queries import run_query
     from engine.tabular import format_table
 
     try:
         table = run_query(query, project=_project(ctx))
-    except (duckdb.Error, CatalogError) as error:
+    except duckdb.Error as error:
         raise UserError(str(error)) from error
     text = format_table(table, fmt=fmt)
     if output is None:
@@ -102,14 +109,10 @@ def plan(ctx: click.Context, name: str, preset: str, gpu_memory: float | None) -
     """Fingerprint a dataset and plan 2d, 3d_fullres (and 3d_lowres + cascade when warranted)."""
     import pyarrow as pa
 
-    from engine.catalog import CatalogError
-    from engine.planning import PlanningError, plan_dataset
+    from engine.planning import plan_dataset
     from engine.tabular import format_table
 
-    try:
-        result = plan_dataset(name, project=_project(ctx), preset=preset, gpu_memory_gb=gpu_memory)
-    except (PlanningError, CatalogError) as error:
-        raise UserError(str(error)) from error
+    result = plan_dataset(name, project=_project(ctx), preset=preset, gpu_memory_gb=gpu_memory)
     click.echo(f"plan {result.plan!r} for dataset {result.dataset!r} -> {result.artifact}")
     click.echo(format_table(pa.Table.from_pylist(result.rows()), fmt="table", max_width=80))
     if result.splits_written:
@@ -124,15 +127,11 @@ def plan(ctx: click.Context, name: str, preset: str, gpu_memory: float | None) -
 @click.pass_context
 def preprocess(ctx: click.Context, name: str, configuration: str, plan_name: str | None, workers: int | None) -> None:
     """Crop, normalize and resample a dataset's cases into the preprocessed Zarr store (skips up-to-date cases)."""
-    from engine.catalog import CatalogError
-    from engine.preprocessing.dataset import PreprocessingError, preprocess_dataset
+    from engine.preprocessing.dataset import preprocess_dataset
 
-    try:
-        result = preprocess_dataset(
-            name, configuration=configuration, plan=plan_name, workers=workers, project=_project(ctx)
-        )
-    except (PreprocessingError, CatalogError) as error:
-        raise UserError(str(error)) from error
+    result = preprocess_dataset(
+        name, configuration=configuration, plan=plan_name, workers=workers, project=_project(ctx)
+    )
     click.echo(result.summary())
 
 
@@ -175,22 +174,18 @@ def evaluate(
     workers: int | None,
 ) -> None:
     """Score predictions against references (Dice, IoU, HD95, NSD per case and label) into the catalog."""
-    from engine.catalog import CatalogError
-    from engine.evaluation.evaluate import EvaluationError, evaluate_folder, evaluation_summary
+    from engine.evaluation.evaluate import evaluate_folder, evaluation_summary
     from engine.tabular import format_table
 
-    try:
-        run_id = evaluate_folder(
-            pred_dir,
-            reference_dir=reference,
-            dataset=dataset,
-            name=name,
-            project=_project(ctx),
-            nsd_tolerance_mm=nsd_tolerance,
-            workers=workers,
-        )
-    except (EvaluationError, CatalogError) as error:
-        raise UserError(str(error)) from error
+    run_id = evaluate_folder(
+        pred_dir,
+        reference_dir=reference,
+        dataset=dataset,
+        name=name,
+        project=_project(ctx),
+        nsd_tolerance_mm=nsd_tolerance,
+        workers=workers,
+    )
     click.echo(format_table(evaluation_summary(run_id, project=_project(ctx)), fmt="table"))
     click.echo(
         f'run {run_id}: per-case rows in metrics (voxelbase sql "SELECT * FROM metrics WHERE run_id = {run_id}")'
@@ -204,15 +199,11 @@ def evaluate(
 @click.pass_context
 def compare(ctx: click.Context, experiments: tuple[str, ...], fmt: str, metric: str) -> None:
     """Configurations x folds (and ensembles, evaluations), mean ± std per label, from the summary views."""
-    from engine.catalog import CatalogError
     from engine.evaluation.compare import compare as compare_table
     from engine.evaluation.compare import for_display
     from engine.tabular import format_table
 
-    try:
-        table = compare_table(list(experiments), project=_project(ctx), metric=metric)
-    except (ValueError, CatalogError) as error:
-        raise UserError(str(error)) from error
+    table = compare_table(list(experiments), project=_project(ctx), metric=metric)
     if table.num_rows == 0:
         raise UserError("no finished runs with metrics yet: train and validate, or evaluate a folder, first")
     click.echo(format_table(for_display(table) if fmt == "table" else table, fmt=fmt))
@@ -230,27 +221,67 @@ def compare(ctx: click.Context, experiments: tuple[str, ...], fmt: str, metric: 
 @click.pass_context
 def train(ctx: click.Context, spec: Path, configuration, fold, overrides, device, resume) -> None:
     """Train one or more folds of an experiment spec."""
-    from engine.device import DeviceError
-    from engine.spec import SpecError
     from engine.training.api import train as train_spec
-    from engine.training.checkpoint import CheckpointError
-    from engine.training.setup import TrainingError
 
-    try:
-        results = train_spec(
-            spec,
-            project=_project(ctx),
-            configuration=configuration,
-            fold=fold,
-            overrides=overrides,
-            device=device,
-            resume=resume,
-        )
-    except (SpecError, TrainingError, DeviceError, CheckpointError) as error:
-        raise UserError(str(error)) from error
+    results = train_spec(
+        spec,
+        project=_project(ctx),
+        configuration=configuration,
+        fold=fold,
+        overrides=overrides,
+        device=device,
+        resume=resume,
+    )
     for r in results:
         note = "already trained to these epochs" if r.status == "skipped" else f"{r.epochs} epochs"
         click.echo(f"run {r.run_id}: {r.run_dir} ({note})")
+
+
+@cli.command("run")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="List the steps that would run, and why, without running them.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key, e.g. train.epochs=50."
+)
+@click.pass_context
+def run_command(ctx: click.Context, spec: Path, dry_run: bool, overrides) -> None:
+    """Run the whole declared experiment, doing only what is not done yet."""
+    from engine.workflow import run_experiment
+
+    report = run_experiment(spec, project=_project(ctx), dry_run=dry_run, overrides=overrides, echo=click.echo)
+    for line in report.lines():
+        click.echo(line)
+
+
+@cli.command(context_settings={"ignore_unknown_options": False, "allow_extra_args": True})
+@click.option("--experiment", "-e", required=True, help="Trained experiment (its name in the catalog).")
+@click.option("--input", "input_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--configuration", "-c", default=None, help="Configuration or 'ensemble:A+B' (default: the selection).")
+@click.option("--folds", "-f", multiple=True, help="Folds to average, e.g. --folds 0 1 2 (default: all trained).")
+@click.option("--no-tta", "no_tta", is_flag=True, help="Switch off mirroring test-time augmentation.")
+@click.option("--batch-windows", type=click.IntRange(min=1), default=None, help="Windows per forward pass.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the spec's predict.device).")
+@click.option("--save-probabilities", is_flag=True, help="Also write <case>.npz class probabilities.")
+@click.pass_context
+def predict(ctx: click.Context, experiment, input_dir, output_dir, configuration, folds, no_tta, **options) -> None:
+    """Segment images (imagesTs layout) with a trained experiment, written with their original geometry."""
+    from engine.inference.predict import predict as predict_images
+
+    extra = list(ctx.args)  # `--folds 0 1 2`: click hands the values after the first over as extra arguments
+    if extra and (not folds or not all(a.isdigit() or a == "all" for a in extra)):
+        raise UserError(f"unexpected argument(s): {' '.join(extra)}")
+    written = predict_images(
+        experiment,
+        input_dir=input_dir,
+        output_dir=output_dir,
+        project=_project(ctx),
+        configuration=configuration,
+        folds=[f for value in (*folds, *extra) for f in value.replace(",", " ").split()] or None,
+        tta=False if no_tta else None,
+        **options,
+    )
+    click.echo(f"wrote {len(written)} segmentation(s) to {output_dir}")
 
 
 def main() -> None:

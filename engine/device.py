@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from engine.errors import VoxelbaseError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(VoxelbaseError, RuntimeError):
     pass
 
 

@@ -13,13 +13,14 @@ from collections.abc import Iterator
 
 import duckdb
 
-from engine.catalog.migrations import migrate
+from engine.catalog.migrations import migrate, migration_files
+from engine.errors import VoxelbaseError
 from engine.project import Project
 
 LOCK_WAIT_SECONDS = 60.0
 
 
-class CatalogError(RuntimeError):
+class CatalogError(VoxelbaseError, RuntimeError):
     """A problem with the catalog that the user can act on."""
 
 
@@ -48,13 +49,26 @@ def open_connection(
                 raise CatalogError(f"cannot open the catalog {path}: {error}") from error
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
-    if not read_only:
-        try:
-            migrate(con)
-        except Exception:
+    if read_only:
+        if _behind(con):  # a catalog made by an older version: migrate it once, then read
             con.close()
-            raise
+            open_connection(project, wait=wait).close()
+            return open_connection(project, read_only=True, wait=wait)
+        return con
+    try:
+        migrate(con)
+    except Exception:
+        con.close()
+        raise
     return con
+
+
+def _behind(con: duckdb.DuckDBPyConnection) -> bool:
+    try:
+        done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    except duckdb.CatalogException:
+        return True
+    return any(version not in done for version, _, _ in migration_files())
 
 
 @contextlib.contextmanager

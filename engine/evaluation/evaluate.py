@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.catalog import connect, transaction
+from engine.errors import VoxelbaseError
 from engine.evaluation.metrics import case_metrics, empty_label_metrics
 from engine.evaluation.records import insert_metrics
 from engine.project import Project
@@ -28,7 +29,7 @@ from engine.project import Project
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl.gz", ".gipl", ".tif", ".tiff")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(VoxelbaseError, ValueError):
     """Predictions that cannot be evaluated as given; the message names the file and the problem."""
 
 

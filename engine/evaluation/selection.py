@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.catalog import connect, transaction
+from engine.errors import VoxelbaseError
 from engine.project import Project
 
 ENSEMBLE_PREFIX = "ensemble:"
 CONFIGURATION_ORDER = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")  # nnU-Net's default model order
 
 
-class SelectionError(ValueError):
+class SelectionError(VoxelbaseError, ValueError):
     """No candidate can be selected; the message says what is missing."""
 
 

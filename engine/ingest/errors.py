@@ -1,5 +1,7 @@
 """Ingest errors: each names the file and the problem."""
 
+from engine.errors import VoxelbaseError
 
-class IngestError(RuntimeError):
+
+class IngestError(VoxelbaseError, RuntimeError):
     """Bad input: nothing was changed in the catalog or the store."""

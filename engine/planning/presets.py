@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.errors import VoxelbaseError
 
-class PlanningError(ValueError):
+
+class PlanningError(VoxelbaseError, ValueError):
     """The dataset or the options cannot be planned; the message says why and what to do."""
 
 

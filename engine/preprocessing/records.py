@@ -16,13 +16,14 @@ import numpy as np
 import pyarrow as pa
 
 from engine.catalog import connect
+from engine.errors import VoxelbaseError
 from engine.project import Project
 
 # Bump when the preprocessing numbers change, so that stored cases are redone.
 PREPROCESSING_VERSION = "1"
 
 
-class PreprocessingError(RuntimeError):
+class PreprocessingError(VoxelbaseError, RuntimeError):
     """A problem the user can act on; the message says what to do."""
 
 

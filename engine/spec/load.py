@@ -17,6 +17,8 @@ from pathlib import Path
 
 import jsonschema
 
+from engine.errors import VoxelbaseError
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -27,7 +29,7 @@ from engine.spec.model import SECTIONS, ExperimentSpec
 SCHEMA_FILE = "experiment.schema.json"
 
 
-class SpecError(ValueError):
+class SpecError(VoxelbaseError, ValueError):
     """An invalid spec; `errors` lists one message per problem, each naming its key path."""
 
     def __init__(self, errors: Sequence[str], *, source: str | None = None) -> None:

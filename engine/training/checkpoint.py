@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 
+from engine.errors import VoxelbaseError
+
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(VoxelbaseError, RuntimeError):
     pass
 
 

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 
 from engine.catalog.queries import run_query
+from engine.errors import VoxelbaseError
 from engine.planning import load_plan, load_splits
 from engine.preprocessing.dataset import stage_name
 from engine.project import Project
@@ -32,7 +33,7 @@ def training_hash(spec: ExperimentSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-class TrainingError(RuntimeError):
+class TrainingError(VoxelbaseError, RuntimeError):
     """A training run that cannot start as asked; the message says why and what to do."""
 
 
