@@ -17,11 +17,12 @@ $(BIN)/voxelbase: pyproject.toml
 venv: $(BIN)/voxelbase
 
 demo: venv
-	rm -rf $(DEMO_PROJECT) $(DEMO_DATA)
-	$(BIN)/voxelbase demo-data $(DEMO_DATA) --cases 10 --test-cases 2
-	$(BIN)/voxelbase --project $(DEMO_PROJECT) ingest $(DEMO_DATA) --name demo
-	$(BIN)/voxelbase --project $(DEMO_PROJECT) datasets
-	$(BIN)/voxelbase --project $(DEMO_PROJECT) sql "SELECT case_id, split, shape, spacing FROM cases ORDER BY case_id"
+	rm -rf $(DEMO_PROJECT) $(DEMO_DATA) demo-predictions
+	$(BIN)/voxelbase demo-data $(DEMO_DATA) --cases 10 --test-cases 2 --shape 16 40 40
+	$(BIN)/voxelbase --project $(DEMO_PROJECT) run examples/demo.toml
+	$(BIN)/voxelbase --project $(DEMO_PROJECT) predict --experiment demo --input $(DEMO_DATA)/imagesTs --output demo-predictions --no-tta
+	$(BIN)/voxelbase --project $(DEMO_PROJECT) compare demo
+	$(BIN)/voxelbase --project $(DEMO_PROJECT) sql "SELECT fold, label, round(avg(dice), 3) AS dice, round(avg(hd95), 2) AS hd95 FROM metrics JOIN runs USING (run_id) GROUP BY ALL ORDER BY ALL"
 
 test: venv
 	$(BIN)/ruff check engine tests benchmarks
