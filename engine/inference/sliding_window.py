@@ -157,7 +157,7 @@ def predict_logits(
 
     del weights
     logits = logits[(slice(None), *crop)]
-    return logits.to(device="cpu", dtype=torch.float32)
+    return logits.to(device="cpu", dtype=torch.float32).contiguous()  # a crop copies only the kept part
 
 
 def _accumulate(mean: torch.Tensor, total: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor) -> None:
