@@ -166,10 +166,21 @@ def plan_dataset(
 
 
 def load_plan(
-    project: Project | str | None, dataset: str, *, configuration: str, plan: str | None = None
+    project: Project | str | None,
+    dataset: str,
+    *,
+    configuration: str,
+    plan: str | None = None,
+    current: bool = False,
 ) -> dict[str, Any]:
-    """The plan artifact of one configuration; the newest plan of the dataset when `plan` is None."""
+    """The plan artifact of one configuration; the newest plan of the dataset when `plan` is None.
+
+    With `current`, a plan made before the dataset was last re-ingested is refused as stale.
+    """
     with connect(project, read_only=True) as con:
+        found = con.execute("SELECT content_hash FROM datasets WHERE name = ?", [dataset]).fetchone()
+        if found is None:
+            raise PlanningError(f"dataset {dataset!r} does not exist: voxelbase ingest SOURCE --name {dataset}")
         if plan is None:
             row = con.execute(
                 "SELECT plan FROM plans WHERE dataset = ? GROUP BY plan ORDER BY max(created_at) DESC, plan LIMIT 1",
@@ -178,11 +189,11 @@ def load_plan(
             if row is None:
                 raise PlanningError(f"dataset {dataset!r} has no plans yet: run voxelbase plan {dataset}")
             plan = row[0]
-        found = con.execute(
-            "SELECT plan_json FROM plans WHERE dataset = ? AND plan = ? AND configuration = ?",
+        row = con.execute(
+            "SELECT plan_json, dataset_hash FROM plans WHERE dataset = ? AND plan = ? AND configuration = ?",
             [dataset, plan, configuration],
         ).fetchone()
-        if found is None:
+        if row is None:
             have = [
                 r[0]
                 for r in con.execute(
@@ -191,10 +202,15 @@ def load_plan(
                 ).fetchall()
             ]
             raise PlanningError(
-                f"no configuration {configuration!r} in plan {plan!r} of dataset {dataset!r}"
+                f"configuration {configuration!r} was never planned in plan {plan!r} of dataset {dataset!r}"
                 + (f" (it has: {', '.join(have)})" if have else f"; run voxelbase plan {dataset}")
             )
-    return json.loads(found[0])
+    if current and row[1] != found[0]:
+        raise PlanningError(
+            f"plan {plan!r} is stale: dataset {dataset!r} was re-ingested after it was planned "
+            f"(plan made from content {row[1][:12]}, dataset now {found[0][:12]}); re-plan first: voxelbase plan {dataset}"
+        )
+    return json.loads(row[0])
 
 
 def load_splits(project: Project | str | None, dataset: str) -> dict[str, dict[str, list[str]]]:

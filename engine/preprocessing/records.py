@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from engine.catalog import connect
 from engine.errors import VoxelbaseError
+from engine.planning import PlanningError, load_plan
 from engine.project import Project
 
 # Bump when the preprocessing numbers change, so that stored cases are redone.
@@ -62,42 +63,12 @@ def read_inputs(project: Project, dataset: str, *, configuration: str, plan: str
     """Look up the dataset, its plan for `configuration` and its labelled cases; errors say what to run first."""
     if not project.catalog_path.exists():
         raise PreprocessingError(f"no catalog at {project.catalog_path}: ingest and plan {dataset!r} first")
+    try:
+        plan_dict = load_plan(project, dataset, configuration=configuration, plan=plan, current=True)
+    except PlanningError as error:
+        raise PreprocessingError(str(error)) from error
+    plan = plan_dict["plan"]
     with connect(project, read_only=True) as con:
-        found = con.execute("SELECT content_hash FROM datasets WHERE name = ?", [dataset]).fetchone()
-        if found is None:
-            raise PreprocessingError(f"dataset {dataset!r} does not exist: voxelbase ingest SOURCE --name {dataset}")
-        dataset_hash = found[0]
-        if plan is None:
-            newest = con.execute(
-                "SELECT plan FROM plans WHERE dataset = ? GROUP BY plan ORDER BY max(created_at) DESC, plan LIMIT 1",
-                [dataset],
-            ).fetchone()
-            if newest is None:
-                raise PreprocessingError(f"dataset {dataset!r} has no plans yet: run voxelbase plan {dataset}")
-            plan = newest[0]
-        row = con.execute(
-            "SELECT plan_json, dataset_hash FROM plans WHERE dataset = ? AND plan = ? AND configuration = ?",
-            [dataset, plan, configuration],
-        ).fetchone()
-        if row is None:
-            have = [
-                r[0]
-                for r in con.execute(
-                    "SELECT configuration FROM plans WHERE dataset = ? AND plan = ? ORDER BY configuration",
-                    [dataset, plan],
-                ).fetchall()
-            ]
-            where = f"plan {plan!r} of dataset {dataset!r}"
-            raise PreprocessingError(
-                f"configuration {configuration!r} was never planned in {where}"
-                + (f" (it has: {', '.join(have)})" if have else f"; run voxelbase plan {dataset}")
-            )
-        if row[1] != dataset_hash:
-            raise PreprocessingError(
-                f"plan {plan!r} is stale: dataset {dataset!r} was re-ingested after it was planned "
-                f"(plan made from content {row[1][:12]}, dataset now {dataset_hash[:12]}); "
-                f"re-plan first: voxelbase plan {dataset}"
-            )
         cases = con.execute(
             "SELECT case_id, content_hash, spacing FROM cases WHERE dataset = ? AND split = 'train' ORDER BY case_id",
             [dataset],
@@ -112,7 +83,7 @@ def read_inputs(project: Project, dataset: str, *, configuration: str, plan: str
         dataset=dataset,
         plan_name=plan,
         configuration=configuration,
-        plan=json.loads(row[0]),
+        plan=plan_dict,
         cases=tuple(PlannedCase(c, h, tuple(float(s) for s in sp)) for c, h, sp in cases),
         recorded=recorded,
     )

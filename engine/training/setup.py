@@ -9,7 +9,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from engine.catalog.queries import run_query
 from engine.errors import VoxelbaseError
 from engine.planning import load_plan, load_splits
 from engine.preprocessing.dataset import stage_name
@@ -66,23 +65,8 @@ def fold_cases(project: Project, dataset: str, fold: str) -> tuple[list[str], li
     return splits[fold]["train"], splits[fold]["val"]
 
 
-def check_fresh(project: Project, dataset: str, plan: dict) -> None:
-    row = run_query("SELECT content_hash FROM datasets WHERE name = ?", project=project, params=[dataset]).to_pylist()
-    if not row:
-        raise TrainingError(f"dataset {dataset!r} is not in the catalog: voxelbase ingest SOURCE --name {dataset}")
-    if plan.get("dataset_hash") and plan["dataset_hash"] != row[0]["content_hash"]:
-        raise TrainingError(
-            f"plan {plan['plan']!r} was made before dataset {dataset!r} was re-ingested: run voxelbase plan {dataset}, "
-            "then preprocess again"
-        )
-
-
 def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str) -> FoldSetup:
-    try:
-        plan = load_plan(project, spec.dataset, configuration=configuration, plan=spec.train.plan)
-    except Exception as error:
-        raise TrainingError(str(error)) from error
-    check_fresh(project, spec.dataset, plan)
+    plan = load_plan(project, spec.dataset, configuration=configuration, plan=spec.train.plan, current=True)
     train_ids, val_ids = fold_cases(project, spec.dataset, fold)
     stage = stage_name(plan["plan"], configuration)
     try:
