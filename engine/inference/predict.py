@@ -1,0 +1,176 @@
+"""`voxelbase predict`: segment new images with a trained experiment, written with their own geometry.
+
+One case at a time, as nnU-Net's predictor does it: read the channel files, preprocess with the plan saved in the
+checkpoints (crop to nonzero, normalize, resample), sliding-window inference (Gaussian-weighted windows at step
+0.5, several per forward pass, mirroring test-time augmentation) averaged over the folds' softmax outputs,
+resampled back one class at a time and uncropped, the recorded postprocessing applied, and written as
+`<case><ending>` in the input's own format with exactly its size, spacing, origin and direction.
+
+An ensemble ('ensemble:<a>+<b>', the recorded choice or asked for) averages its members' probabilities after
+each is reverted to the original geometry, since the members were trained at different spacings. Memory holds one
+case: its image, the network outputs at plan spacing and (for ensembles or saved probabilities) one class map
+stack at the original size; a plain prediction keeps only a running maximum per voxel while reverting.
+
+Files are written under a temporary name and renamed, segmentation last, so an interrupted or failed case never
+leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from engine.catalog import connect
+from engine.evaluation.postprocessing import apply_postprocessing
+from engine.inference.export import write_probabilities, write_segmentation
+from engine.inference.inputs import (
+    InputCase,
+    PredictionError,
+    PredictionWarning,
+    check_output_dir,
+    list_input_cases,
+    read_input_case,
+)
+from engine.inference.models import ConfigurationModels, PredictionModels, load_models, training_spacing_range
+from engine.ingest.reader import TWO_D_SPACING, Geometry
+from engine.preprocessing import preprocess_case, probabilities_to_segmentation, revert_probabilities
+from engine.project import Project
+from engine.spec import ExperimentSpec
+
+SPACING_WARN_FACTOR = 2.0  # warn when an axis' spacing is beyond half the smallest / twice the largest trained
+
+__all__ = ["PredictionError", "PredictionWarning", "predict"]
+
+
+def predict(
+    experiment: str,
+    *,
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    project: Project | str | None = None,
+    configuration: str | None = None,
+    folds: Sequence[int | str] | None = None,
+    tta: bool | None = None,
+    batch_windows: int | None = None,
+    device: str | None = None,
+    save_probabilities: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Segment every case in `input_dir` (imagesTs layout) into `output_dir`; returns the written segmentations.
+
+    `configuration` None uses the experiment's recorded selection (a configuration or an ensemble), else its only
+    trained configuration. `folds` None uses every finished cross-validation fold (fold 'all' when there are
+    none). `tta`, `batch_windows` and `device` default to the experiment spec's `[predict]` section.
+    `save_probabilities` also writes `<case>.npz` (float16 class probabilities in the original geometry).
+    """
+    project = Project.resolve(project)
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    check_output_dir(input_dir, output_dir)
+    if batch_windows is not None and batch_windows < 1:
+        raise PredictionError(f"batch_windows must be at least 1, got {batch_windows}")
+    models = load_models(experiment, project=project, configuration=configuration, folds=folds, device=device)
+    cases = list_input_cases(input_dir, n_channels=models.n_channels, channel_names=_channel_names(project, models))
+    spec = _prediction_spec(models.spec, tta=tta, batch_windows=batch_windows)
+    spacing_range = training_spacing_range(project, models.dataset)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    written = []
+    bar = tqdm(cases, desc=f"predict {models.choice}", unit="case", disable=None if progress else True)
+    for case in bar:
+        bar.set_postfix_str(case.case_id)
+        written.append(
+            _predict_case(
+                case, models, spec=spec, output_dir=output_dir, spacing_range=spacing_range, save=save_probabilities
+            )
+        )
+    bar.close()
+    return written
+
+
+def _prediction_spec(spec: ExperimentSpec, *, tta: bool | None, batch_windows: int | None) -> ExperimentSpec:
+    changes = {}
+    if tta is not None:
+        changes["tta"] = bool(tta)
+    if batch_windows is not None:
+        changes["batch_windows"] = int(batch_windows)
+    return dataclasses.replace(spec, predict=dataclasses.replace(spec.predict, **changes)) if changes else spec
+
+
+def _channel_names(project: Project, models: PredictionModels) -> list[str] | None:
+    with connect(project, read_only=True) as con:
+        rows = con.execute("SELECT name FROM channels WHERE dataset = ? ORDER BY channel", [models.dataset]).fetchall()
+    names = [r[0] for r in rows]
+    return names if len(names) == models.n_channels else None
+
+
+def check_spacing(case_id: str, spacing: Sequence[float], spacing_range) -> None:
+    """Warn when the spacing is far outside the training cases' range: the network will see structures at a
+    scale it never saw (after resampling, a 5 mm slice case is blurred or a 0.2 mm case is decimated)."""
+    if spacing_range is None:
+        return
+    low, high = spacing_range
+    axes = "zyx"
+    outside = [
+        f"{axes[i]} {s:.3g} mm (trained {lo:.3g}-{hi:.3g})"
+        for i, (s, lo, hi) in enumerate(zip(spacing, low, high, strict=True))
+        if s != TWO_D_SPACING and (s < lo / SPACING_WARN_FACTOR or s > hi * SPACING_WARN_FACTOR)
+    ]
+    if outside:
+        warnings.warn(
+            f"case {case_id!r}: spacing far outside the training cases' range: {', '.join(outside)}; "
+            "the segmentation may be poor",
+            PredictionWarning,
+            stacklevel=3,
+        )
+
+
+def member_probabilities(member: ConfigurationModels, image: np.ndarray, *, geometry: Geometry, spec, device):
+    """(probabilities at plan spacing averaged over the member's folds, preprocessing properties)."""
+    from engine.training.validation import predict_probabilities
+
+    data, _, properties = preprocess_case(image, spacing=geometry.spacing, plan=member.plan)
+    probabilities = predict_probabilities(
+        list(member.networks), data, plan=member.plan, spec=spec, device=device, tta=spec.predict.tta
+    )
+    return probabilities, properties
+
+
+def _predict_case(
+    case: InputCase,
+    models: PredictionModels,
+    *,
+    spec: ExperimentSpec,
+    output_dir: Path,
+    spacing_range,
+    save: bool,
+) -> Path:
+    image, geometry = read_input_case(case)
+    check_spacing(case.case_id, geometry.spacing, spacing_range)
+    device = models.device
+    if len(models.members) == 1 and not save:
+        member = models.members[0]
+        probabilities, properties = member_probabilities(member, image, geometry=geometry, spec=spec, device=device)
+        del image
+        segmentation = probabilities_to_segmentation(probabilities, properties=properties, plan=member.plan)
+    else:
+        total = None
+        for member in models.members:
+            probabilities, properties = member_probabilities(member, image, geometry=geometry, spec=spec, device=device)
+            reverted = revert_probabilities(probabilities, properties=properties, plan=member.plan)
+            del probabilities
+            total = reverted if total is None else np.add(total, reverted, out=total)
+        del image
+        if len(models.members) > 1:
+            total /= len(models.members)
+        segmentation = total.argmax(0).astype(np.uint8 if total.shape[0] <= 255 else np.uint16)
+        if save:
+            write_probabilities(total, output_dir / f"{case.case_id}.npz")
+        del total
+    segmentation = apply_postprocessing(segmentation, models.postprocessing)
+    return write_segmentation(segmentation, output_dir / case.output_name, geometry=geometry)
