@@ -33,6 +33,7 @@ from engine.preprocessing.records import (
     write_case_rows,
 )
 from engine.project import Project
+from engine.store.layout import patch_chunks, stage_dir, store_bytes, write_array
 
 PARTIAL = ".partial-"
 HASH_FILE = ".input_hash"
@@ -80,38 +81,8 @@ def stage_name(plan: str, configuration: str) -> str:
     return f"{plan}/{configuration}"
 
 
-def _stage_path(project: Project, dataset: str, stage: str) -> Path:
-    return project.store_path / dataset / stage
-
-
-def _folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _chunks(shape: tuple[int, ...], patch_size: list[int]) -> tuple[int, ...]:
-    """Half a patch per axis (at most the array): a random patch touches few chunks and reads little beyond itself."""
-    patch = [1] * (len(shape) - len(patch_size)) + [int(p) for p in patch_size]
-    return tuple(max(1, min(int(s), -(-p // 2))) for s, p in zip(shape, patch))
-
-
 def _label_dtype(label: np.ndarray) -> np.dtype:
     return np.dtype(np.int8) if label.size == 0 or (label.min() >= -128 and label.max() <= 127) else np.dtype(np.int16)
-
-
-def _write_array(path: Path, data: np.ndarray, *, chunks: tuple[int, ...]) -> None:
-    import zarr
-    from zarr.codecs import BloscCodec, BloscShuffle
-
-    array = zarr.create_array(
-        store=str(path),
-        shape=data.shape,
-        dtype=data.dtype,
-        chunks=chunks,
-        compressors=[BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)],
-        zarr_format=3,
-        overwrite=True,
-    )
-    array[...] = data
 
 
 def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
@@ -122,17 +93,17 @@ def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
     project = Project.resolve(task.project_root)
     image, label = read_case(project, task.dataset, task.case_id)
     image, label, properties = preprocess_case(image, label, spacing=task.spacing, plan=task.plan)
-    stage = _stage_path(project, task.dataset, task.stage)
+    stage = stage_dir(project, task.dataset, task.stage)
     final = stage / task.case_id
     partial = stage / f".{task.case_id}{PARTIAL}{os.getpid()}"
     try:
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
-        chunks = _chunks(image.shape[1:], task.plan["patch_size"])
-        _write_array(partial / "image", image, chunks=(1, *chunks))
+        chunks = patch_chunks(image.shape[1:], task.plan["patch_size"])
+        write_array(partial / "image", image, chunks=(1, *chunks))
         if label is not None:
-            _write_array(partial / "label", label.astype(_label_dtype(label)), chunks=chunks)
+            write_array(partial / "label", label.astype(_label_dtype(label)), chunks=chunks)
         (partial / HASH_FILE).write_text(task.input_hash)
         if final.exists():
             shutil.rmtree(final)
@@ -144,7 +115,7 @@ def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
                 f"could not write preprocessed case {task.case_id!r} to {final}: {error}"
             ) from error
         raise
-    return CaseOutcome(task.case_id, properties, _folder_bytes(final), time.perf_counter() - started)
+    return CaseOutcome(task.case_id, properties, store_bytes(final), time.perf_counter() - started)
 
 
 def _is_stored(stage: Path, case_id: str, digest: str) -> bool:
@@ -216,7 +187,7 @@ def preprocess_dataset(
     if not inputs.cases:
         raise PreprocessingError(f"dataset {name!r} has no labelled training cases to preprocess")
     stage = stage_name(inputs.plan_name, configuration)
-    stage_path = _stage_path(resolved, name, stage)
+    stage_path = stage_dir(resolved, name, stage)
     _remove_partials(stage_path)
     plan_digest = plan_hash(inputs.plan)
     digests = {case.case_id: input_hash(case.content_hash, plan_digest) for case in inputs.cases}
@@ -278,6 +249,6 @@ def preprocess_dataset(
         processed=tuple(sorted(processed)),
         skipped=tuple(skipped),
         seconds=time.perf_counter() - started,
-        stored_bytes=_folder_bytes(stage_path) if stage_path.exists() else 0,
+        stored_bytes=store_bytes(stage_path) if stage_path.exists() else 0,
         store=stage_path,
     )
