@@ -16,6 +16,7 @@ Samples outside the read patch get a padding class, which ends as background (nn
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -145,43 +146,124 @@ def affine_matrices(params: AugmentParams) -> torch.Tensor:
     return rot @ torch.diag_embed(s)
 
 
-def _theta(matrix: torch.Tensor, read: tuple[int, ...], patch: tuple[int, ...]) -> torch.Tensor:
-    """affine_grid's theta (normalized coords, x-first) for sampling a patch of `patch` from `read`.
+def _source_coordinates(
+    matrix: torch.Tensor, read: tuple[int, ...], patch: tuple[int, ...], device: torch.device
+) -> list[torch.Tensor]:
+    """Per axis j, the read-patch coordinate (voxel units) each patch voxel samples: (n, *patch) float32 each.
 
-    Patch voxel i sits at offset p = i - (P-1)/2 from the patch centre and samples the read patch at
-    A p + c, where c is the centre of the integer centre crop, so identity parameters reproduce that crop exactly.
+    Patch voxel i sits at offset p = i - (P-1)/2 from the patch centre and samples the read patch at A p + c, where
+    c is the centre of the integer centre crop, so identity parameters reproduce that crop exactly. The field is a
+    sum of one 1-D ramp per patch axis, so it costs d broadcast additions per axis instead of an affine_grid.
     """
-    rd = torch.tensor(read, dtype=torch.float64)
-    pt = torch.tensor(patch, dtype=torch.float64)
-    starts = torch.tensor([_crop_start(s, p) for s, p in zip(read, patch)], dtype=torch.float64)
-    m = matrix * pt[None, None, :] / rd[None, :, None]
-    t = (starts + (pt - 1) / 2 - (rd - 1) / 2) * 2 / rd
-    theta = torch.cat([m.flip(1).flip(2), t.flip(0)[None, :, None].expand(m.shape[0], -1, 1)], dim=2)
-    return theta
+    n, d = matrix.shape[0], len(patch)
+    centre = [_crop_start(r, p) + (p - 1) / 2 for r, p in zip(read, patch)]
+    ramps = [torch.arange(p, dtype=torch.float64) - (p - 1) / 2 for p in patch]
+    fields = []
+    for j in range(d):
+        field = None
+        for i in range(d):
+            term = matrix[:, j, i, None] * ramps[i][None] + (centre[j] if i == d - 1 else 0.0)
+            shape = [n] + [1] * d
+            shape[1 + i] = patch[i]
+            term = term.to(device, torch.float32).view(shape)
+            field = term if field is None else field + term
+        fields.append(field)
+    return fields
 
 
 def _resample(
-    image: torch.Tensor, label: torch.Tensor, theta: torch.Tensor, patch: tuple[int, ...], num_classes: int
+    image: torch.Tensor, label: torch.Tensor, matrix: torch.Tensor, patch: tuple[int, ...], num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    grid = F.affine_grid(theta.to(image.device, image.dtype), [image.shape[0], 1, *patch], align_corners=False)
-    out_img = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    # running argmax over interpolated indicators; the last class is "outside / padding" (indicator 1 outside)
+    """Sample image (linear) and label (argmax of linearly interpolated one-hot maps) at A p + c.
+
+    Both read the same 2^d neighbouring voxels of every output voxel, gathered once: the image is their weighted
+    sum (grid_sample's bilinear/trilinear with zero padding), the label the class with the largest summed weight
+    among them, which is the argmax of interpolated indicators without interpolating one map per class. Voxels
+    whose neighbours all agree (nearly all) keep that label directly; only boundary voxels are voted on. Outside
+    the read patch counts as the padding class -1 (it comes out as background), as before.
+    """
+    n, c = image.shape[:2]
+    read = tuple(image.shape[2:])
+    d = len(read)
+    coords = _source_coordinates(matrix, read, patch, image.device)
+    # two voxels of padding all round, 0 (image) / -1 (label): a coordinate clamped to [-2, R] then has both
+    # neighbours in the padding whenever it lies a voxel or more outside. Index arithmetic stays in int32
+    # (int64 conversions are several times slower on the CPU).
+    padded = [r + 4 for r in read]
+    strides = [1] * d
+    for axis in range(d - 2, -1, -1):
+        strides[axis] = strides[axis + 1] * padded[axis + 1]
+    volume = strides[0] * padded[0]
+    img = F.pad(image, [2, 2] * d, value=0.0).reshape(-1)
+    lbl = F.pad(label.to(torch.int16), [2, 2] * d, value=-1).reshape(-1)
+
+    base, fracs = None, []  # flat index of each output voxel's lowest neighbour, and its offsets from it
+    for axis, x in enumerate(coords):
+        low = torch.floor(x)
+        fracs.append(x - low)
+        low = low.clamp_(-2, read[axis]).add_(2).to(torch.int32).mul_(strides[axis])
+        base = low if base is None else base.add_(low)
+    # the 2^d neighbours differ from the lowest by a constant flat offset (x fastest): a shifted view of the
+    # flat volume gathers each of them with the same index
+    offsets = [sum(b * st for b, st in zip(bits, strides)) for bits in itertools.product((0, 1), repeat=d)]
+    sample = torch.arange(n, device=image.device, dtype=torch.int32).view(n, *[1] * d)
+
+    def neighbours(values: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+        flat = index.reshape(-1)
+        return [values[off:].index_select(0, flat).view(n, *patch) for off in offsets]
+
+    out_img = torch.empty((n, c, *patch), dtype=image.dtype, device=image.device)
+    for ch in range(c):
+        values = neighbours(img, base + (sample * (c * volume) + ch * volume))
+        for axis in range(d - 1, -1, -1):  # linear interpolation, one axis at a time (x first)
+            f = fracs[axis].to(image.dtype)
+            values = [torch.lerp(values[2 * j], values[2 * j + 1], f) for j in range(len(values) // 2)]
+        out_img[:, ch] = values[0]
+
+    corners = neighbours(lbl, base + sample * volume)
+    first = corners[0]
+    agree = torch.ones_like(first, dtype=torch.bool)
+    for v in corners[1:]:
+        agree &= v == first
+    out_lbl = first.clone()
+    if image.device.type == "cpu":  # vote on the boundary voxels only (finding them would sync an accelerator)
+        where = (~agree).reshape(-1).nonzero().flatten()
+        if where.numel():
+            pick = [t.reshape(-1)[where] for t in fracs]
+            weights = [_corner_weight(bits, pick) for bits in itertools.product((0, 1), repeat=d)]
+            voted = _vote([v.reshape(-1)[where] for v in corners], weights, num_classes)
+            out_lbl.view(-1)[where] = voted
+    else:
+        weights = [_corner_weight(bits, fracs) for bits in itertools.product((0, 1), repeat=d)]
+        out_lbl = torch.where(agree, first, _vote(corners, weights, num_classes))
+    return out_img, out_lbl[:, None].to(label.dtype)
+
+
+def _corner_weight(bits: tuple[int, ...], fracs: list[torch.Tensor]) -> torch.Tensor:
+    """Multilinear weight of the neighbour at `bits` (0: lower, 1: upper per axis) given per-axis fractions."""
+    weight = None
+    for bit, f in zip(bits, fracs):
+        term = f if bit else 1 - f
+        weight = term if weight is None else weight * term
+    return weight
+
+
+def _vote(values: list[torch.Tensor], weights: list[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """The class with the largest summed weight among the neighbours; ties go to the lower class, padding last."""
+    zero = torch.zeros((), dtype=weights[0].dtype, device=weights[0].device)
     best = best_cls = None
-    for k in range(num_classes + 1):
-        if k < num_classes:
-            score = F.grid_sample((label == k).to(image.dtype), grid, mode="bilinear", align_corners=False)
-        else:
-            ind = (label < 0).to(image.dtype) - 1
-            score = F.grid_sample(ind, grid, mode="bilinear", align_corners=False) + 1
+    for k in [*range(num_classes), -1]:
+        score = None
+        for v, w in zip(values, weights):
+            term = torch.where(v == k, w, zero)
+            score = term if score is None else score.add_(term)
         if best is None:
-            best, best_cls = score, torch.zeros(score.shape, dtype=label.dtype, device=label.device)
+            best, best_cls = score, torch.full_like(values[0], k)
             continue
         better = score > best
         best = torch.where(better, score, best)
-        best_cls = torch.where(
-            better, torch.full((), k if k < num_classes else -1, dtype=label.dtype, device=label.device), best_cls
-        )
-    return out_img, best_cls
+        best_cls.masked_fill_(better, k)
+    return best_cls
 
 
 def _spatial(
@@ -203,13 +285,11 @@ def _spatial(
         n, c = img.shape[:2]
         img = img.transpose(1, 2).reshape(n * z, c, *img.shape[-2:])
         lbl = lbl.transpose(1, 2).reshape(n * z, 1, *lbl.shape[-2:])
-        theta = _theta(matrix, tuple(img.shape[-2:]), patch[1:]).repeat_interleave(z, dim=0)
-        res_img, res_lbl = _resample(img, lbl, theta, patch[1:], num_classes)
+        res_img, res_lbl = _resample(img, lbl, matrix.repeat_interleave(z, dim=0), patch[1:], num_classes)
         res_img = res_img.reshape(n, z, c, *patch[1:]).transpose(1, 2)
         res_lbl = res_lbl.reshape(n, z, 1, *patch[1:]).transpose(1, 2)
     else:
-        theta = _theta(matrix, tuple(img.shape[2:]), patch)
-        res_img, res_lbl = _resample(img, lbl, theta, patch, num_classes)
+        res_img, res_lbl = _resample(img, lbl, matrix, patch, num_classes)
     return out_img.index_copy(0, idx, res_img.contiguous()), out_lbl.index_copy(0, idx, res_lbl.contiguous())
 
 

@@ -111,18 +111,17 @@ class PatchStream:
             oversample=s.oversample_foreground,
         )
         two_d = len(s.patch_size) == 2
-        size = (1, *s.read_size) if two_d else s.read_size
-        images, labels = [], []
-        for request in requests:
-            image_array, label_array = self._arrays.get(self.cases[request.case].case_id)
-            image = read_patch(image_array, request.start, size)
-            label = read_patch(label_array, request.start, size, fill=-1)
-            if two_d:
-                image, label = image[:, 0], label[0]
-            images.append(image)
-            labels.append(label)
-        image = torch.from_numpy(np.stack(images).astype(np.float32, copy=False))
-        label = torch.from_numpy(np.stack(labels).astype(np.int16, copy=False))[:, None]
+        size = (1, *s.read_size) if two_d else tuple(s.read_size)
+        arrays = [self._arrays.get(self.cases[r.case].case_id) for r in requests]
+        channels = arrays[0][0].shape[0]
+        # the batch is assembled in place: each patch is decompressed straight into its slot
+        image = np.empty((len(requests), channels, *s.read_size), dtype=np.float32)
+        label = np.empty((len(requests), 1, *s.read_size), dtype=np.int16)
+        for slot, (request, (image_array, label_array)) in enumerate(zip(requests, arrays)):
+            image_out, label_out = (image[slot][:, None], label[slot]) if two_d else (image[slot], label[slot, 0])
+            read_patch(image_array, request.start, size, out=image_out)
+            read_patch(label_array, request.start, size, fill=-1, out=label_out)
+        image, label = torch.from_numpy(image), torch.from_numpy(label)
         if s.augment is None:
             label = label.clamp_(min=0)  # outside the nonzero mask / padding is background
         return Batch(
