@@ -95,6 +95,7 @@ def predict_logits(
     mirror_axes: Sequence[int] | None = DEFAULT_MIRROR_AXES,
     device: torch.device | str = "cpu",
     use_gaussian: bool = True,
+    gaussian_sigma_scale: float = 1.0 / 8,
     amp: bool | None = None,
     accumulate_dtype: torch.dtype = torch.float32,
     progress: bool = False,
@@ -131,7 +132,7 @@ def predict_logits(
     logits = torch.zeros((n_classes, *spatial), dtype=accumulate_dtype, device=acc_device)
     weights = torch.zeros(spatial, dtype=torch.float32, device=acc_device)
     gaussian = (
-        gaussian_importance_map(patch_size, device=acc_device)
+        gaussian_importance_map(patch_size, sigma_scale=gaussian_sigma_scale, device=acc_device)
         if use_gaussian
         else torch.ones(patch_size, device=acc_device)
     )

@@ -92,7 +92,6 @@ class PredictSpec:
 @dataclass(frozen=True)
 class EvaluateSpec:
     nsd_tolerance_mm: float = 1.0
-    hd_percentile: float = 95.0
 
 
 SECTIONS: dict[str, type] = {

@@ -27,13 +27,14 @@ def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> list[list[float
     return scales
 
 
-def deep_supervision_weights(n_outputs: int) -> list[float]:
-    """1/2^i per output, the lowest resolution set to 0, normalized to sum to 1 (nnU-Net's choice: the coarsest
+def deep_supervision_weights(n_outputs: int, *, factor: float = 0.5, drop_lowest: bool = True) -> list[float]:
+    """factor^i per output, the lowest resolution set to 0, normalized to sum to 1 (nnU-Net's choice: the coarsest
     output is too coarse to teach anything useful). A single output gets weight 1."""
     if n_outputs <= 1:
         return [1.0] * n_outputs
-    weights = [1.0 / (2**i) for i in range(n_outputs)]
-    weights[-1] = 0.0
+    weights = [factor**i for i in range(n_outputs)]
+    if drop_lowest:
+        weights[-1] = 0.0
     total = sum(weights)
     return [w / total for w in weights]
 
@@ -66,18 +67,20 @@ def soft_dice_loss(
     batch_dice: bool,
     smooth: float = DICE_SMOOTH,
     mask: torch.Tensor | None = None,
+    include_background: bool = False,
 ) -> torch.Tensor:
     """Negative mean soft Dice over foreground classes (nnU-Net's MemoryEfficientSoftDiceLoss, do_bg=False).
 
     `target` is a label map (B, 1, *spatial); `mask` (B, 1, *spatial), 1 where the loss counts. With `batch_dice`
     the sums run over the batch too, so a patch without a class does not count as a perfect 1 or a hard 0.
     """
-    probs = torch.softmax(logits, dim=1)[:, 1:]
+    first = 0 if include_background else 1
+    probs = torch.softmax(logits, dim=1)[:, first:]
     axes = tuple(range(2, logits.ndim))
     with torch.no_grad():
         onehot = torch.zeros(logits.shape, device=logits.device, dtype=torch.float32)
         onehot.scatter_(1, target.long(), 1)
-        onehot = onehot[:, 1:]
+        onehot = onehot[:, first:]
         if mask is not None:
             onehot = onehot * mask
         sum_gt = onehot.sum(axes, dtype=torch.float32)
@@ -106,11 +109,21 @@ class DiceCELoss(nn.Module):
         weight_dice: float = 1.0,
         weight_ce: float = 1.0,
         ignore_label: int | None = None,
+        smooth: float = DICE_SMOOTH,
+        include_background: bool = False,
+        ds_factor: float = 0.5,
+        ds_drop_lowest: bool = True,
     ) -> None:
         super().__init__()
         self.batch_dice = batch_dice
         self.ds_scales = [list(s) for s in ds_scales] if ds_scales is not None else None
-        self.weights = deep_supervision_weights(len(self.ds_scales)) if self.ds_scales else [1.0]
+        self.weights = (
+            deep_supervision_weights(len(self.ds_scales), factor=ds_factor, drop_lowest=ds_drop_lowest)
+            if self.ds_scales
+            else [1.0]
+        )
+        self.smooth = smooth
+        self.include_background = include_background
         self.weight_dice = weight_dice
         self.weight_ce = weight_ce
         self.ignore_label = ignore_label
@@ -125,7 +138,18 @@ class DiceCELoss(nn.Module):
             valid = target != self.ignore_label
             mask = valid.to(logits.dtype)
             target_dice = torch.where(valid, target, torch.zeros_like(target))
-        dice = soft_dice_loss(logits, target_dice, batch_dice=self.batch_dice, mask=mask) if self.weight_dice else 0
+        dice = (
+            soft_dice_loss(
+                logits,
+                target_dice,
+                batch_dice=self.batch_dice,
+                mask=mask,
+                smooth=self.smooth,
+                include_background=self.include_background,
+            )
+            if self.weight_dice
+            else 0
+        )
         ce: torch.Tensor | int = 0
         if self.weight_ce and (mask is None or bool(mask.any())):
             ce = F.cross_entropy(

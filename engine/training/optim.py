@@ -15,9 +15,10 @@ def build_optimizer(
     lr: float,
     weight_decay: float,
     momentum: float,
+    nesterov: bool = True,
 ) -> torch.optim.SGD:
     """SGD with Nesterov momentum over all parameters (nnU-Net: lr 1e-2, weight decay 3e-5, momentum 0.99)."""
-    return torch.optim.SGD(network.parameters(), lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
+    return torch.optim.SGD(network.parameters(), lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
 
 
 def poly_lr(epoch: int, max_epochs: int, initial_lr: float, exponent: float = 0.9) -> float:

@@ -162,6 +162,8 @@ def _train(
 ) -> FoldResult:
     cfg, plan = spec.train, setup.plan
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     num_classes = int(plan["num_classes"])
     network = build_network(
         plan["architecture"],
@@ -173,7 +175,9 @@ def _train(
         network = network.to(
             memory_format=torch.channels_last_3d if len(setup.train_settings.patch_size) == 3 else torch.channels_last
         )
-    optimizer = build_optimizer(network, lr=cfg.initial_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    optimizer = build_optimizer(
+        network, lr=cfg.initial_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov
+    )
     batch_dice = plan["batch_dice"] if cfg.batch_dice is None else cfg.batch_dice
     strides = plan["architecture"]["strides"] if cfg.deep_supervision else None
     loss_fn = DiceCELoss(
@@ -181,6 +185,10 @@ def _train(
         ds_scales=deep_supervision_scales(strides) if strides else None,
         weight_dice=cfg.dice_weight,
         weight_ce=cfg.ce_weight,
+        smooth=cfg.dice_smooth,
+        include_background=cfg.dice_include_background,
+        ds_factor=cfg.ds_weight_factor,
+        ds_drop_lowest=cfg.ds_drop_lowest,
     )
     model = torch.compile(network) if cfg.compile else network
     scaler = torch.amp.GradScaler(

@@ -67,6 +67,7 @@ def predict_probabilities(
             mirror_axes=mirror,
             device=device,
             use_gaussian=spec.predict.use_gaussian,
+            gaussian_sigma_scale=spec.predict.gaussian_sigma_scale,
         )
         probabilities = torch.softmax(logits, 0)
         total = probabilities if total is None else total.add_(probabilities)
