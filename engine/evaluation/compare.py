@@ -15,10 +15,15 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from engine.catalog import connect
+from engine.errors import VoxelbaseError
 from engine.project import Project
 
 METRICS = ("dice", "iou", "hd95", "nsd")
 KIND_ORDER = {"train": 0, "ensemble": 1, "evaluation": 2}
+
+
+class CompareError(VoxelbaseError, ValueError):
+    """A comparison that cannot be made as asked (unknown experiment or metric)."""
 
 
 def _label_names(con, experiments: Sequence[str] | None) -> dict[int, str]:
@@ -51,7 +56,7 @@ def compare(
 ) -> pa.Table:
     """The comparison table for `experiments` (all when None or empty) on one of dice, iou, hd95, nsd."""
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+        raise CompareError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     chosen = list(experiments) if experiments else None
     filter_sql = "WHERE (? IS NULL OR list_contains(?, experiment))"
     with connect(project, read_only=True) as con:
@@ -70,7 +75,7 @@ def compare(
             known = {row[0] for row in con.execute("SELECT DISTINCT experiment FROM runs").fetchall()}
             unknown = [e for e in chosen if e not in known]
             if unknown:
-                raise ValueError(f"no runs recorded for experiment(s) {', '.join(unknown)}")
+                raise CompareError(f"no runs recorded for experiment(s) {', '.join(unknown)}")
     labels = sorted({row[4] for row in folds + pooled})
     groups: dict[tuple, dict] = {}
     for experiment, configuration, kind, fold, label, n_cases, mean, std in folds + pooled:
