@@ -65,8 +65,25 @@ def fold_cases(project: Project, dataset: str, fold: str) -> tuple[list[str], li
     return splits[fold]["train"], splits[fold]["val"]
 
 
+def _unsupported(plan: dict) -> str | None:
+    """Plans this trainer cannot honour yet, refused up front rather than trained wrongly."""
+    if plan.get("previous_stage"):
+        return "the cascade (a stage trained on the previous stage's predictions)"
+    labels = plan.get("labels") or {}
+    if "ignore" in labels:
+        return "training with an ignore label"
+    if any(isinstance(v, list) for v in labels.values()):
+        return "training with region labels"
+    return None
+
+
 def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str) -> FoldSetup:
     plan = load_plan(project, spec.dataset, configuration=configuration, plan=spec.train.plan, current=True)
+    unsupported = _unsupported(plan)
+    if unsupported:
+        raise TrainingError(
+            f"cannot train {configuration!r} of dataset {spec.dataset!r}: {unsupported} is not supported yet"
+        )
     train_ids, val_ids = fold_cases(project, spec.dataset, fold)
     stage = stage_name(plan["plan"], configuration)
     try:
