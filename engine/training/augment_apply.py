@@ -71,17 +71,19 @@ def apply_augmentation(
         image, params.gamma_inverted, params.do_gamma_inverted, invert=True, retain=params.gamma_retain_stats
     )
     image = _gamma(image, params.gamma, params.do_gamma, invert=False, retain=params.gamma_retain_stats)
-    for axis in range(d):
-        idx = _nonzero(params.mirror[:, axis], image.device)
-        if idx.numel():
-            image = image.index_copy(0, idx, image.index_select(0, idx).flip(axis + 2))
-            label = label.index_copy(0, idx, label.index_select(0, idx).flip(axis + 2))
+    image, label = _mirror(params.mirror, image, label)
     label = torch.where(label < 0, torch.zeros((), dtype=label.dtype, device=label.device), label)
     return image, label.to(out_dtype)
 
 
-def _nonzero(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return mask.nonzero().flatten().to(device)
+def _mirror(mirror: torch.Tensor, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip each sample along its drawn axes: one flip over all of them per sample, one copy of the batch."""
+    axes = [[a + 1 for a in range(mirror.shape[1]) if mirror[b, a]] for b in range(mirror.shape[0])]
+    if not any(axes):
+        return image, label
+    image = torch.stack([x.flip(a) if a else x for x, a in zip(image, axes)])
+    label = torch.stack([x.flip(a) if a else x for x, a in zip(label, axes)])
+    return image, label
 
 
 # ---------------------------------------------------------------- spatial
