@@ -247,25 +247,32 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(project, sp
     )
 
 
-def test_sql_works_while_train_runs(project, spec):
-    process = train_subprocess(project, spec, "train.epochs=4", "train.iterations_per_epoch=2", "train.validate=false")
-    counts, while_running = [], 0
+def test_sql_works_while_train_runs_and_sigterm_leaves_the_run_interrupted(project, spec):
+    sets = ("train.epochs=4", "train.iterations_per_epoch=2", "train.validate=false")
+    process = train_subprocess(project, spec, *sets)
+    latest = run_dir(project) / "checkpoint_latest.pt"
+    counts = []  # epochs rows seen by `sql` while the trainer was alive
     try:
-        wait_for(project.catalog_path, process)
-        while True:
-            alive = process.poll() is None
+        while process.poll() is None:
             result = run_cli(project, "sql", "select count(*) AS n from epochs", "--format", "json")
             counts.append(json.loads(result.output)[0]["n"])
-            while_running += alive
-            if not alive:
+            if latest.exists() and counts[-1] >= 1 and len(counts) >= 2:
+                process.send_signal(signal.SIGTERM)
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
+        output, _ = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
-        process.wait()
-    assert process.returncode == 0, process.stdout.read()
-    assert while_running >= 2 and counts == sorted(counts) and counts[-1] == 4
+            process.wait()
+    assert len(counts) >= 2 and counts == sorted(counts) and counts[-1] >= 1, counts
+    assert process.returncode not in (0, None), output
+    (run,) = query(project, "SELECT status, error FROM runs")
+    assert run["status"] == "interrupted", (run, output)
+
+    train(project, spec, *sets, flags=("--resume",))
+    assert query(project, "SELECT status FROM runs") == [{"status": "finished"}]
+    assert [e["epoch"] for e in query(project, "SELECT epoch FROM epochs ORDER BY epoch")] == [0, 1, 2, 3]
 
 
 def test_the_loop_learns(project, spec):

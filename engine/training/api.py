@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Iterable, Iterator
 
 from engine.project import Project
 from engine.spec import ExperimentSpec, load_spec
@@ -12,6 +15,24 @@ from engine.training.trainer import FoldResult, train_fold
 
 def requested_folds(spec: ExperimentSpec, fold: str | None) -> list[str]:
     return [fold] if fold is not None else [str(f) for f in spec.train.folds]
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """A SIGTERM (a scheduler stopping the job) ends training like Ctrl-C: the run is recorded as `interrupted`
+    instead of being left `running`, and `--resume` continues it. Only the main thread may set signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def train(
@@ -30,7 +51,8 @@ def train(
         spec = load_spec(spec, overrides=overrides)
     configurations = [configuration] if configuration else list(spec.train.configurations)
     results = []
-    for config in configurations:
-        for k in requested_folds(spec, fold):
-            results.append(train_fold(project, spec, configuration=config, fold=k, device=device, resume=resume))
+    with sigterm_as_interrupt():
+        for config in configurations:
+            for k in requested_folds(spec, fold):
+                results.append(train_fold(project, spec, configuration=config, fold=k, device=device, resume=resume))
     return results
