@@ -71,6 +71,19 @@ def _flip_combinations(mirror_axes: Sequence[int] | None, n_dims: int) -> list[t
     return [c for k in range(len(dims) + 1) for c in itertools.combinations(dims, k)]
 
 
+@contextlib.contextmanager
+def _full_resolution_only(network: nn.Module) -> Iterator[None]:
+    """Switch deep supervision off while predicting (the lower-resolution heads would be computed for nothing)."""
+    flag = getattr(network, "deep_supervision", None)
+    if flag:
+        network.deep_supervision = False
+    try:
+        yield
+    finally:
+        if flag:
+            network.deep_supervision = flag
+
+
 def _forward(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = network(x)
     return out[0] if isinstance(out, (list, tuple)) else out
@@ -121,44 +134,45 @@ def predict_logits(
     if any(p.device != device for p in network.parameters()):
         network.to(device)
 
-    padded, crop = _pad_to_patch(image.float(), patch_size)
-    spatial = padded.shape[1:]
-    windows = _window_slices(spatial, patch_size, step_size)
+    with _full_resolution_only(network):
+        padded, crop = _pad_to_patch(image.float(), patch_size)
+        spatial = padded.shape[1:]
+        windows = _window_slices(spatial, patch_size, step_size)
 
-    n_classes = _infer_n_classes(network, padded, patch_size, device)
-    acc_bytes = (n_classes * torch.finfo(accumulate_dtype).bits // 8 + 4) * spatial.numel()
-    acc_device = _results_device(device, acc_bytes + padded.numel() * 4)
-    padded = padded.to(acc_device)
-    logits = torch.zeros((n_classes, *spatial), dtype=accumulate_dtype, device=acc_device)
-    weights = torch.zeros(spatial, dtype=torch.float32, device=acc_device)
-    gaussian = (
-        gaussian_importance_map(patch_size, sigma_scale=gaussian_sigma_scale, device=acc_device)
-        if use_gaussian
-        else torch.ones(patch_size, device=acc_device)
-    )
-    flips = _flip_combinations(mirror_axes, len(patch_size))
-    autocast = torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
+        n_classes = _infer_n_classes(network, padded, patch_size, device)
+        acc_bytes = (n_classes * torch.finfo(accumulate_dtype).bits // 8 + 4) * spatial.numel()
+        acc_device = _results_device(device, acc_bytes + padded.numel() * 4)
+        padded = padded.to(acc_device)
+        logits = torch.zeros((n_classes, *spatial), dtype=accumulate_dtype, device=acc_device)
+        weights = torch.zeros(spatial, dtype=torch.float32, device=acc_device)
+        gaussian = (
+            gaussian_importance_map(patch_size, sigma_scale=gaussian_sigma_scale, device=acc_device)
+            if use_gaussian
+            else torch.ones(patch_size, device=acc_device)
+        )
+        flips = _flip_combinations(mirror_axes, len(patch_size))
+        autocast = torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
 
-    bar = tqdm(total=len(windows), desc="windows", unit="win", disable=not progress, leave=False)
-    for batch in _batches(windows, batch_windows):
-        x = torch.stack([padded[(slice(None), *w)] for w in batch]).to(device, non_blocking=True)
-        pred = None
-        with autocast:
-            for dims in flips:
-                xi = torch.flip(x, dims) if dims else x
-                yi = _forward(network, xi).float()
-                yi = torch.flip(yi, dims) if dims else yi
-                pred = yi if pred is None else pred.add_(yi)
-        pred = pred.div_(len(flips)).to(acc_device)
-        for w, p in zip(batch, pred, strict=True):
-            _accumulate(logits[(slice(None), *w)], weights[w], p, gaussian)
-        del x, pred
-        bar.update(len(batch))
-    bar.close()
+        bar = tqdm(total=len(windows), desc="windows", unit="win", disable=not progress, leave=False)
+        for batch in _batches(windows, batch_windows):
+            x = torch.stack([padded[(slice(None), *w)] for w in batch]).to(device, non_blocking=True)
+            pred = None
+            with autocast:
+                for dims in flips:
+                    xi = torch.flip(x, dims) if dims else x
+                    yi = _forward(network, xi).float()
+                    yi = torch.flip(yi, dims) if dims else yi
+                    pred = yi if pred is None else pred.add_(yi)
+            pred = pred.div_(len(flips)).to(acc_device)
+            for w, p in zip(batch, pred, strict=True):
+                _accumulate(logits[(slice(None), *w)], weights[w], p, gaussian)
+            del x, pred
+            bar.update(len(batch))
+        bar.close()
 
-    del weights
-    logits = logits[(slice(None), *crop)]
-    return logits.to(device="cpu", dtype=torch.float32).contiguous()  # a crop copies only the kept part
+        del weights
+        logits = logits[(slice(None), *crop)]
+        return logits.to(device="cpu", dtype=torch.float32).contiguous()  # a crop copies only the kept part
 
 
 def _accumulate(mean: torch.Tensor, total: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor) -> None:

@@ -69,7 +69,8 @@ def soft_dice_loss(
     mask: torch.Tensor | None = None,
     include_background: bool = False,
 ) -> torch.Tensor:
-    """Negative mean soft Dice over foreground classes (nnU-Net's MemoryEfficientSoftDiceLoss, do_bg=False).
+    """Negative mean soft Dice over the classes (nnU-Net's MemoryEfficientSoftDiceLoss; background left out
+    unless `include_background`, as nnU-Net's do_bg=False).
 
     `target` is a label map (B, 1, *spatial); `mask` (B, 1, *spatial), 1 where the loss counts. With `batch_dice`
     the sums run over the batch too, so a patch without a class does not count as a perfect 1 or a hard 0.
