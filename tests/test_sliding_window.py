@@ -127,6 +127,7 @@ def test_unet_prediction_shape_and_batching_invariance():
     one = predict_logits(net, image, patch_size=(8, 16, 16), mirror_axes=(0, 1, 2), batch_windows=1)
     many = predict_logits(net, image, patch_size=(8, 16, 16), mirror_axes=(0, 1, 2), batch_windows=8)
     assert one.shape == (3, 10, 20, 18)
+    assert net.deep_supervision is True  # switched off only while predicting
     assert np.isfinite(one.numpy()).all()
     # instance norm sees each window on its own, so batching windows must not change anything
     torch.testing.assert_close(one, many, rtol=1e-4, atol=1e-4)
