@@ -267,3 +267,18 @@ def test_stream_needs_cases():
     )
     with pytest.raises(ValueError, match="at least one case"):
         PatchStream(Project.resolve(Path("unused")), DATASET, stage="s", cases=[], settings=settings)
+
+
+def test_probabilistic_oversampling_forces_about_the_given_share():
+    from engine.training.patches import CaseEntry, sample_batch
+
+    case = CaseEntry("c", (20, 20, 20), {1: np.array([[10, 10, 10]], dtype=np.int32)})
+    rng = np.random.default_rng(0)
+    forced = [
+        r.forced_foreground
+        for _ in range(200)
+        for r in sample_batch(
+            rng, [case], batch_size=5, read_size=(8, 8, 8), patch_size=(8, 8, 8), oversample=0.33, probabilistic=True
+        )
+    ]
+    assert 0.28 < np.mean(forced) < 0.38

@@ -31,6 +31,7 @@ class StreamSettings:
     num_classes: int
     augment: AugmentConfig | None = None
     dummy_2d: bool = False
+    probabilistic_oversampling: bool = False
 
 
 @dataclass
@@ -109,6 +110,7 @@ class PatchStream:
             read_size=s.read_size,
             patch_size=s.patch_size,
             oversample=s.oversample_foreground,
+            probabilistic=s.probabilistic_oversampling,
         )
         two_d = len(s.patch_size) == 2
         size = (1, *s.read_size) if two_d else tuple(s.read_size)

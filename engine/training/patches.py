@@ -72,6 +72,7 @@ def sample_batch(
     read_size: Sequence[int],
     patch_size: Sequence[int],
     oversample: float,
+    probabilistic: bool = False,
 ) -> list[PatchRequest]:
     """Pick cases uniformly and patch starts as nnU-Net's data loader does (3-D, or 2-D slices of 3-D cases).
 
@@ -88,7 +89,8 @@ def sample_batch(
     for index in range(batch_size):
         case_index = int(rng.integers(len(cases)))
         case = cases[case_index]
-        force = forced_foreground(index, batch_size, oversample)
+        # nnU-Net's probabilistic variant forces each sample with probability `oversample` instead
+        force = bool(rng.random() < oversample) if probabilistic else forced_foreground(index, batch_size, oversample)
         centre = None
         if force:
             eligible = [label for label, where in case.locations.items() if len(where)]

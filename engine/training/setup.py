@@ -101,6 +101,7 @@ def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, 
         "batch_size": batch_size,
         "patch_size": patch,
         "oversample_foreground": spec.train.oversample_foreground,
+        "probabilistic_oversampling": spec.train.probabilistic_oversampling,
         "num_classes": int(plan["num_classes"]),
     }
     return FoldSetup(
