@@ -10,7 +10,8 @@ their own end-of-fold validation (sliding window with mirroring, on the original
     python -m benchmarks.learning [--shape 24 48 48] [--folds 0 1 2] [--epochs 5] [--iterations 50]
                                   [--val-iterations 10] [--work DIR] [--skip-nnunet]
 
-Results go to benchmarks/out/learning.json after every fold, so a long run can be read while it goes on.
+Results go to benchmarks/out/learning.json after every fold, so a long run can be read while it goes on; run
+again with the same --work folder, folds already trained by either system are read, not retrained.
 """
 
 from __future__ import annotations
@@ -41,13 +42,17 @@ EXPERIMENT = "learning"
 DATASET = "synth"
 LABELS = {1: "organ", 2: "lesion"}
 
+# nnUNetTrainer records its constructor's named arguments by inspecting the signature: spell them out.
 TRAINER_TEMPLATE = '''"""Budget variant for a side-by-side benchmark: only the training length differs from nnUNetTrainer."""
+import torch
+
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class {name}(nnUNetTrainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = {epochs}
         self.num_iterations_per_epoch = {iterations}
         self.num_val_iterations_per_epoch = {val_iterations}
@@ -103,8 +108,31 @@ def our_dice(project: Path, fold: int) -> dict[int, list[float]]:
     return out
 
 
-def nnunet_dice(results: Path, trainer: str, fold: int) -> dict[int, list[float]]:
-    folder = results / f"Dataset{NNUNET_ID:03d}_Synth" / f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{fold}"
+def our_epoch_seconds(project: Path, fold: int) -> float:
+    """Seconds spent in the epochs (training and validation iterations) of the newest finished run of a fold."""
+    from engine.catalog.queries import run_query
+
+    return run_query(
+        "SELECT sum(seconds) AS s FROM epochs WHERE run_id = (SELECT max(run_id) FROM runs WHERE experiment = ? "
+        "AND fold = ? AND kind = 'train' AND status = 'finished')",
+        project=project,
+        params=[EXPERIMENT, str(fold)],
+    ).to_pylist()[0]["s"]
+
+
+def nnunet_fold(results: Path, trainer: str, fold: int) -> Path:
+    return results / f"Dataset{NNUNET_ID:03d}_Synth" / f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{fold}"
+
+
+def nnunet_epoch_seconds(folder: Path) -> float:
+    """The sum of the "Epoch time: X s" lines of nnU-Net's newest training log."""
+    log = sorted(folder.glob("training_log_*.txt"))[-1]
+    return sum(
+        float(line.split("Epoch time:")[1].split()[0]) for line in log.read_text().splitlines() if "Epoch time:" in line
+    )
+
+
+def nnunet_dice(folder: Path) -> dict[int, list[float]]:
     summary = json.loads((folder / "validation" / "summary.json").read_text())
     out: dict[int, list[float]] = {label: [] for label in LABELS}
     for case in summary["metric_per_case"]:
@@ -163,8 +191,9 @@ def main() -> None:
         "folds": args.folds,
         "torch_threads": threads,
         "std": "sample standard deviation over folds of the per-fold mean case Dice",
-        "voxelbase": {"dice_per_fold": {}, "seconds_per_fold": {}},
-        "nnunet": {"dice_per_fold": {}, "seconds_per_fold": {}},
+        "epoch_seconds": "sum of per-epoch wall seconds (training + validation iterations) on a shared CPU: noisy",
+        "voxelbase": {"dice_per_fold": {}, "epoch_seconds_per_fold": {}},
+        "nnunet": {"dice_per_fold": {}, "epoch_seconds_per_fold": {}},
     }
 
     if not (project / "catalog.duckdb").exists():
@@ -194,15 +223,17 @@ def main() -> None:
     elif not args.skip_nnunet:
         print(f"nnU-Net not found in {NNUNET_VENV}: Voxelbase only")
 
-    for fold in args.folds:
-        took = timed(voxelbase_command("train", str(spec), "--fold", str(fold)), env=env)
-        payload["voxelbase"]["seconds_per_fold"][fold] = took["seconds"]
+    for fold in args.folds:  # a fold either system has finished before (same work folder) is not trained again
+        timed(voxelbase_command("train", str(spec), "--fold", str(fold)), env=env)
+        payload["voxelbase"]["epoch_seconds_per_fold"][fold] = our_epoch_seconds(project, fold)
         payload["voxelbase"]["dice_per_fold"][fold] = our_dice(project, fold)
         if run_nnunet:
-            command = nnunet_command("nnUNetv2_train", str(NNUNET_ID), "3d_fullres", str(fold), "-tr", trainer)
-            took = timed([*command, "-device", "cpu"], env=nn_env)
-            payload["nnunet"]["seconds_per_fold"][fold] = took["seconds"]
-            payload["nnunet"]["dice_per_fold"][fold] = nnunet_dice(Path(nn_env["nnUNet_results"]), trainer, fold)
+            folder = nnunet_fold(Path(nn_env["nnUNet_results"]), trainer, fold)
+            if not (folder / "validation" / "summary.json").exists():
+                command = nnunet_command("nnUNetv2_train", str(NNUNET_ID), "3d_fullres", str(fold), "-tr", trainer)
+                timed([*command, "-device", "cpu"], env=nn_env)
+            payload["nnunet"]["epoch_seconds_per_fold"][fold] = nnunet_epoch_seconds(folder)
+            payload["nnunet"]["dice_per_fold"][fold] = nnunet_dice(folder)
         payload["table"] = summarize(payload)
         write_results("learning", payload)
         print_table(f"validation Dice after fold {fold} (mean ± std over folds)", payload["table"])
