@@ -7,7 +7,7 @@ their own end-of-fold validation (sliding window with mirroring, on the original
 `validation/summary.json` against Voxelbase's `metrics` table. nnU-Net's budget is set by a trainer variant
 (three numbers on top of `nnUNetTrainer`) written into its own installation, never into this repository.
 
-    python -m benchmarks.learning [--shape 24 48 48] [--folds 0 1 2] [--epochs 5] [--iterations 50]
+    python -m benchmarks.learning [--shape 24 48 48] [--folds 0 1 2] [--epochs 3] [--iterations 40]
                                   [--val-iterations 10] [--work DIR] [--skip-nnunet]
 
 Results go to benchmarks/out/learning.json after every fold, so a long run can be read while it goes on; run
@@ -170,8 +170,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[24, 48, 48])
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--val-iterations", type=int, default=10)
     parser.add_argument("--work", type=Path, default=None, help="Working folder (default: a new temporary one).")
     parser.add_argument("--skip-nnunet", action="store_true")
