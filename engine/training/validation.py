@@ -91,6 +91,7 @@ def validate_fold(
         "SELECT file_ending FROM datasets WHERE name = ?", project=project, params=[dataset]
     ).to_pylist()[0]["file_ending"]
     out_dir = run_dir / "validation"
+    out_dir.mkdir(parents=True, exist_ok=True)
     scored = []
     for case_id in tqdm(ids, desc="validation", unit="case", disable=None):
         image, _ = read_case(project, dataset, case_id, stage=setup.stage)
@@ -109,7 +110,7 @@ def validate_fold(
         try:
             write_segmentation(segmentation, out_dir / f"{case_id}{ending}", geometry=geometry_of(geometry[case_id]))
         except ImportError:  # machines without SimpleITK keep the arrays only
-            np.savez_compressed(out_dir / f"{case_id}.npz", segmentation=segmentation)
+            np.savez_compressed(out_dir / f"{case_id}.segmentation.npz", segmentation=segmentation)
         scored.append(
             (
                 case_id,
