@@ -10,19 +10,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from engine.planning.rules import RESAMPLING
 from engine.preprocessing.class_locations import sample_class_locations
 from engine.preprocessing.crop import crop_to_nonzero
 from engine.preprocessing.normalize import normalize
-from engine.preprocessing.resample import ANISOTROPY_THRESHOLD, compute_new_shape, resample_image, resample_label
+from engine.preprocessing.resample import compute_new_shape, resample_image, resample_label
 
-DEFAULT_RESAMPLING = {
-    "image_order": 3,
-    "label_order": 1,
-    "probabilities_order": 1,
-    "order_z": 0,
-    "force_separate_z": None,
-    "anisotropy_threshold": ANISOTROPY_THRESHOLD,
-}
+DEFAULT_RESAMPLING = RESAMPLING  # what a plan without a `resampling` entry gets: the planner's own default
 
 
 def resampling_settings(plan: dict) -> dict:
