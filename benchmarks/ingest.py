@@ -38,7 +38,11 @@ def main() -> None:
             raw = synth(work / f"synth{n}", "--cases", str(n), "--seed", "0")
             source_bytes = dir_bytes(raw / "imagesTr") + dir_bytes(raw / "labelsTr")
             project = work / f"project{n}"
-            ours = timed(voxelbase_command("--project", str(project), "ingest", str(raw), "--name", "synth", "--workers", str(args.workers)))
+            ours = timed(
+                voxelbase_command(
+                    "--project", str(project), "ingest", str(raw), "--name", "synth", "--workers", str(args.workers)
+                )
+            )
             row = {
                 "cases": n,
                 "voxelbase_s": ours["seconds"],
@@ -49,7 +53,10 @@ def main() -> None:
             }
             if have_nnunet():
                 env = nnunet_env(work / f"nnunet{n}", raw, dataset_id=900 + n)
-                theirs = timed(nnunet_command("nnUNetv2_extract_fingerprint", "-d", str(900 + n), "-np", str(args.workers)), env=env)
+                theirs = timed(
+                    nnunet_command("nnUNetv2_extract_fingerprint", "-d", str(900 + n), "-np", str(args.workers)),
+                    env=env,
+                )
                 row |= {
                     "nnunet_fingerprint_s": theirs["seconds"],
                     "nnunet_peak_rss_MB": theirs["peak_rss_mb"],
