@@ -90,10 +90,15 @@ def _forward(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _results_device(device: torch.device, n_bytes: int) -> torch.device:
-    """Accumulate on the accelerator when the accumulators fit in half of its free memory, else in host RAM."""
+    """Accumulate on the accelerator when the accumulators fit in half of its free memory, else in host RAM.
+
+    Free counts what PyTorch's caching allocator holds but does not use: after training in the same process the
+    cache can hold most of the card, which the driver reports as taken although it is free for these tensors.
+    """
     if device.type != "cuda":
         return torch.device("cpu")
     free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return device if n_bytes < free // 2 else torch.device("cpu")
 
 

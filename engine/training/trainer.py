@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.device import resolve_device
+from engine.device import autocast_dtype, resolve_device
 from engine.project import Project
 from engine.spec import ExperimentSpec
 from engine.training import records
@@ -38,24 +38,23 @@ class FoldResult:
     best_ema_dice: float | None
 
 
-def _autocast(device: torch.device, amp: str):
-    if device.type != "cuda" or amp == "off":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(3, K-1) true positives, false positives, false negatives of the argmax per foreground class (nnU-Net)."""
+    """(3, K-1) true positives, false positives, false negatives of the argmax per foreground class (nnU-Net).
+
+    Counted on the logits' device and copied to the host once (one sync per batch, not three per class).
+    """
     predicted = logits.argmax(1)
     target = target[:, 0].long()
-    counts = torch.zeros(3, num_classes - 1, dtype=torch.float64)
-    for c in range(1, num_classes):
-        p, t = predicted == c, target == c
-        counts[0, c - 1] = (p & t).sum().item()
-        counts[1, c - 1] = (p & ~t).sum().item()
-        counts[2, c - 1] = (~p & t).sum().item()
-    return counts
+    classes = torch.arange(1, num_classes, device=logits.device).view(-1, *[1] * predicted.ndim)
+    p, t = predicted[None] == classes, target[None] == classes  # (K-1, B, *spatial)
+    dims = tuple(range(1, p.ndim))
+    tp = (p & t).sum(dims)
+    counts = torch.stack([tp, p.sum(dims) - tp, t.sum(dims) - tp])
+    return counts.to("cpu", torch.float64)
 
 
 def _start_or_resume(
@@ -191,9 +190,8 @@ def _train(
         ds_drop_lowest=cfg.ds_drop_lowest,
     )
     model = torch.compile(network) if cfg.compile else network
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported() and cfg.amp != "off"
-    )
+    amp_dtype = autocast_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
 
     start_epoch, history, best_ema = 0, [], -math.inf
     if checkpoint is not None:
@@ -204,6 +202,8 @@ def _train(
         start_epoch = state["epoch"] + 1
         history = state["state"]["history"][:start_epoch]
         best_ema = state["state"]["best_ema"]
+        if state["state"].get("grad_scaler"):
+            scaler.load_state_dict(state["state"]["grad_scaler"])
         records.forget_epochs_after(project, run_id, state["epoch"])
 
     workers = cfg.num_workers or default_workers()
@@ -231,7 +231,7 @@ def _train(
     iterations, val_iterations = cfg.iterations_per_epoch, cfg.val_iterations
     train_batches = train_stream.iterate(start_epoch * iterations, cfg.epochs * iterations)
     val_batches = val_stream.iterate(start_epoch * val_iterations, cfg.epochs * val_iterations)
-    state_of = lambda: {"history": history, "best_ema": best_ema}  # noqa: E731
+    state_of = lambda: {"history": history, "best_ema": best_ema, "grad_scaler": scaler.state_dict()}  # noqa: E731
 
     progress = tqdm(
         range(start_epoch, cfg.epochs),
@@ -255,7 +255,7 @@ def _train(
             image = batch.image.to(device, non_blocking=True)
             label = batch.label.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, cfg.amp):
+            with _autocast(device, amp_dtype):
                 loss = loss_fn(model(image), label)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -271,7 +271,7 @@ def _train(
                 batch = next(val_batches)
                 image = batch.image.to(device, non_blocking=True)
                 label = batch.label.to(device, non_blocking=True)
-                with _autocast(device, cfg.amp):
+                with _autocast(device, amp_dtype):
                     outputs = model(image)
                     val_losses.append(loss_fn(outputs, label).item())
                 highest = outputs[0] if isinstance(outputs, (list, tuple)) else outputs

@@ -1,0 +1,324 @@
+"""One prepared GPU check: build a small project without SimpleITK, train 2 epochs, predict, time a training step
+and the loader's GPU augmentation, and print one compact summary. A few minutes on one GPU.
+
+    python -m benchmarks.gpu_smoke --device cuda [--out DIR] [--cases 12] [--iterations 50]
+    python -m benchmarks.gpu_smoke --device cpu --quick      # the same steps on a tiny project (what CI tests)
+
+Steps, each timed and summarised (the JSON of the summary goes to DIR/gpu_smoke.json with --out):
+1. project: `--cases` demo CT cases (engine.ingest.demo, about 48x96x96 voxels) are written as .npz files (array +
+   geometry) and ingested through the real ingest pipeline, whose file reader is swapped for a NumPy one in this
+   process only; then planned and preprocessed (3d_fullres) as usual. Nothing is shipped and SimpleITK is never
+   imported, so the same code runs where only torch and the packages below are installed.
+2. train: `train_fold` on fold 0, 2 epochs of `--iterations`, amp bf16 (on CUDA: augmentation on the GPU, pinned
+   batches), then the end-of-fold validation (sliding window on the device).
+3. sliding window: the trained network on one preprocessed case, device vs CPU float32 logits (max |diff| and
+   argmax agreement, amp off and on), and seconds per case with and without mirroring on a volume twice the patch.
+4. train step: `benchmarks.train_step`'s Voxelbase worker on this project's plan, plain and channels-last.
+5. loader: `benchmarks.loader`'s measurement on this project: augment_1 / augment_2 (CPU threads) and, on CUDA,
+   augment_cuda (reading in two CPU threads, augmentation on the GPU), in patches per second.
+
+On the GPU machine (Python 3.12; torch, numpy, scipy, pyarrow, tqdm, click, matplotlib, pyyaml are there) carry
+these wheels, fetched here into the git-ignored folder .whl (see the device notes for the pip download flags):
+duckdb==2.0.1 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 jsonschema==4.26.0
+jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 (duckdb is ~20 MB, the rest small).
+There: `python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site`,
+then `PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_smoke --device cuda --out $OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+NEEDED = ("torch", "numpy", "scipy", "duckdb", "zarr", "numcodecs", "pyarrow", "jsonschema", "tqdm", "click")
+DATASET = "synth"  # the name benchmarks.loader measures
+CONFIGURATION = "3d_fullres"
+
+
+def check_imports() -> dict:
+    """Versions of what the engine needs; a clear exit naming every missing package."""
+    import importlib
+
+    versions, missing = {}, []
+    for name in NEEDED:
+        try:
+            versions[name] = getattr(importlib.import_module(name), "__version__", "?")
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise SystemExit(f"missing packages: {', '.join(missing)} (carry their wheels; see this script's header)")
+    return versions
+
+
+@contextlib.contextmanager
+def timed(summary: dict, key: str):
+    start = time.perf_counter()
+    yield
+    summary.setdefault("seconds", {})[key] = round(time.perf_counter() - start, 2)
+
+
+# ---------------------------------------------------------------- 1. the project, without SimpleITK
+
+
+def _read_npz(path: Path, *, four_d: bool = False):
+    """The ingest reader's contract, for the .npz files written below: (array (Z, Y, X), Geometry)."""
+    from engine.ingest.reader import Geometry
+
+    with np.load(path) as data:
+        geometry = Geometry(
+            tuple(float(v) for v in data["spacing"]),
+            tuple(float(v) for v in data["origin"]),
+            tuple(float(v) for v in data["direction"]),
+        )
+        return data["array"], geometry
+
+
+def make_project(work: Path, *, cases: int, shape: tuple[int, int, int], workers: int):
+    """Demo CT cases as .npz, ingested (NumPy reader), planned and preprocessed; returns the Project."""
+    import engine.ingest.case
+    from engine.ingest import ingest_dataset
+    from engine.ingest.demo import LABELS, demo_case
+    from engine.planning import plan_dataset
+    from engine.preprocessing.dataset import preprocess_dataset
+    from engine.project import Project
+
+    raw = work / "raw"
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    identity = np.eye(3).ravel()
+    for index in range(cases):
+        image, label, spacing = demo_case(rng, shape)
+        geometry = {"spacing": spacing, "origin": np.zeros(3), "direction": identity}
+        np.savez(raw / "imagesTr" / f"case_{index:03d}_0000.npz", array=image, **geometry)
+        np.savez(raw / "labelsTr" / f"case_{index:03d}.npz", array=label, **geometry)
+    description = {"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": cases, "file_ending": ".npz"}
+    (raw / "dataset.json").write_text(json.dumps(description))
+
+    project = Project.resolve(work / "project")
+    engine.ingest.case.read_image = _read_npz  # this process only: ingest with one worker reads in-process
+    ingest_dataset(raw, name=DATASET, project=project, workers=1)
+    plan_dataset(DATASET, project=project)
+    preprocess_dataset(DATASET, configuration=CONFIGURATION, workers=workers, project=project, progress=False)
+    return project
+
+
+# ---------------------------------------------------------------- 2. training
+
+
+def train(project, *, device: str, iterations: int, val_iterations: int, workers: int) -> dict:
+    from engine.catalog.queries import run_query
+    from engine.spec import parse_spec
+    from engine.training.trainer import train_fold
+
+    spec = parse_spec(
+        f'name = "gpu_smoke"\ndataset = "{DATASET}"\n[train]\nfolds = [0]\nepochs = 2\n'
+        f"iterations_per_epoch = {iterations}\nval_iterations = {val_iterations}\nnum_workers = {workers}\n"
+        'amp = "bf16"\ncheckpoint_every = 1\n[predict]\ntta = true\n'
+    )
+    result = train_fold(project, spec, configuration=CONFIGURATION, fold="0", device=device)
+    epochs = run_query(
+        "SELECT epoch, train_loss, val_loss, val_dice, seconds FROM epochs WHERE run_id = ? ORDER BY epoch",
+        project=project,
+        params=[result.run_id],
+    ).to_pylist()
+    dice = run_query(
+        "SELECT avg(dice) AS dice, count(*) AS n FROM metrics WHERE run_id = ?", project=project, params=[result.run_id]
+    ).to_pylist()[0]
+    return {
+        "status": result.status,
+        "run_dir": str(result.run_dir),
+        "epochs": [
+            {
+                "epoch": e["epoch"],
+                "train_loss": round(e["train_loss"], 4),
+                "val_loss": round(e["val_loss"], 4),
+                "seconds": round(e["seconds"], 2),
+            }
+            for e in epochs
+        ],
+        "validation_metric_rows": dice["n"],
+        "validation_mean_dice": None if dice["dice"] is None else round(dice["dice"], 4),
+    }
+
+
+# ---------------------------------------------------------------- 3. sliding window
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sliding_window(project, run_dir: Path, *, device: str, scale: int = 2) -> dict:
+    import torch
+
+    from engine.inference.sliding_window import predict_logits
+    from engine.planning import load_plan
+    from engine.preprocessing.dataset import stage_name
+    from engine.store import read_case
+    from engine.training.validation import load_network
+
+    device = torch.device(device)
+    network, state = load_network(run_dir / "checkpoint_final.pt", device=device)
+    plan = load_plan(project, DATASET, configuration=CONFIGURATION)
+    patch = tuple(plan["patch_size"])
+    stage = stage_name(plan["plan"], CONFIGURATION)
+    case_id = min(p.name for p in (project.store_path / DATASET / stage).iterdir() if not p.name.startswith("."))
+    image, _ = read_case(project, DATASET, case_id, stage=stage)
+    image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    out: dict = {"patch_size": list(patch), "case_shape": list(image.shape[1:])}
+
+    reference_net, _ = load_network(run_dir / "checkpoint_final.pt", device=torch.device("cpu"))
+    reference = predict_logits(reference_net, image, patch_size=patch, mirror_axes=None, device="cpu", amp=False)
+    for amp in (False, True):
+        logits = predict_logits(network, image, patch_size=patch, mirror_axes=None, device=device, amp=amp)
+        out[f"amp_{'on' if amp else 'off'}_vs_cpu"] = {
+            "max_abs_diff": float((logits - reference).abs().max()),
+            "logit_range": float(reference.abs().max()),
+            "argmax_agreement": float((logits.argmax(0) == reference.argmax(0)).double().mean()),
+        }
+    big = torch.randn((image.shape[0], *[scale * p for p in patch]), generator=torch.Generator().manual_seed(0))
+    for mirror in (None, (0, 1, 2)):
+        predict_logits(network, big[:, : patch[0], : patch[1], : patch[2]], patch_size=patch, device=device)  # warm
+        _sync(device)
+        start = time.perf_counter()
+        predict_logits(network, big, patch_size=patch, mirror_axes=mirror, device=device)
+        _sync(device)
+        out[f"seconds_{'tta' if mirror else 'no_tta'}"] = round(time.perf_counter() - start, 3)
+    out["volume"] = list(big.shape[1:])
+    if device.type == "cuda":
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return out
+
+
+# ---------------------------------------------------------------- 4. train step (benchmarks.train_step's worker)
+
+
+def nnunet_style_plans(plan: dict, path: Path) -> Path:
+    """This project's plan in the shape benchmarks.train_step reads (nnU-Net's plans JSON)."""
+    arch = plan["architecture"]
+    residual = arch["network"] == "resenc_unet"
+    kwargs = {
+        "n_stages": arch["n_stages"],
+        "features_per_stage": arch["features_per_stage"],
+        "kernel_sizes": arch["kernel_sizes"],
+        "strides": arch["strides"],
+        "n_blocks_per_stage" if residual else "n_conv_per_stage": arch["n_conv_per_stage"],
+        "n_conv_per_stage_decoder": arch["n_conv_per_stage_decoder"],
+    }
+    name = "ResidualEncoderUNet" if residual else "PlainConvUNet"
+    configuration = {
+        "patch_size": plan["patch_size"],
+        "batch_size": plan["batch_size"],
+        "batch_dice": plan["batch_dice"],
+        "architecture": {"network_class_name": name, "arch_kwargs": kwargs},
+    }
+    path.write_text(json.dumps({"configurations": {CONFIGURATION: configuration}}))
+    return path
+
+
+def train_step(project, work: Path, *, device: str, iters: int, warmup: int) -> dict:
+    from engine.planning import load_plan
+
+    plan = load_plan(project, DATASET, configuration=CONFIGURATION)
+    plans = nnunet_style_plans(plan, work / "plans.json")
+    out = {"patch_size": plan["patch_size"], "batch_size": plan["batch_size"]}
+    for variant, flags in (("plain", []), ("channels_last", ["--channels-last"])):
+        command = [
+            sys.executable, "-m", "benchmarks.train_step", "--worker", "--no-nnunet", "--plans", str(plans),
+            "--device", device, "--num-classes", str(plan["num_classes"]), "--in-channels", str(plan["n_channels"]),
+            "--iters", str(iters), "--warmup", str(warmup), "--threads", str(min(4, os.cpu_count() or 1)), *flags,
+        ]  # fmt: skip
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            out[variant] = {"error": proc.stderr[-2000:]}
+            continue
+        times = sorted(json.loads(line[len("RESULT ") :])["times"]["voxelbase"])
+        out[variant] = {"median_s": round(times[len(times) // 2], 4), "best_s": round(times[0], 4)}
+    return out
+
+
+# ---------------------------------------------------------------- 5. loader (benchmarks.loader's measurement)
+
+
+def loader(project, *, device: str, batches: int) -> dict:
+    from benchmarks.loader import run_voxelbase
+
+    modes = ["augment_1", "augment_2"] + (["augment_cuda"] if device.startswith("cuda") else [])
+    out = {}
+    for mode in modes:
+        try:
+            result = run_voxelbase(project.root, mode, batches=batches)
+        except RuntimeError as error:
+            out[mode] = {"error": str(error)[-2000:]}
+            continue
+        out[mode] = {
+            "patches_per_s": round(result["patches"] / result["seconds"], 2),
+            "patch_size": result["patch_size"],
+            "read_size": result["read_size"],
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path, help="folder for gpu_smoke.json")
+    parser.add_argument("--work", type=Path, help="keep the project here (default: a temporary folder)")
+    parser.add_argument("--cases", type=int, default=12)
+    parser.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
+    parser.add_argument("--quick", action="store_true", help="tiny volumes and few iterations (a CPU check)")
+    args = parser.parse_args()
+    summary: dict = {"device": args.device, "versions": check_imports()}
+    import torch
+
+    if args.device.startswith("cuda"):
+        summary["gpu"] = torch.cuda.get_device_name(torch.device(args.device)) if torch.cuda.is_available() else None
+    quick = args.quick
+    shape = (16, 32, 32) if quick else (48, 96, 96)
+    cases = min(args.cases, 5) if quick else args.cases
+    iterations, val_iterations = (2, 1) if quick else (args.iterations, 10)
+    workers = 1 if quick else min(4, os.cpu_count() or 1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        with timed(summary, "project"):
+            project = make_project(work, cases=cases, shape=shape, workers=workers)
+        with timed(summary, "train"):
+            summary["train"] = train(
+                project, device=args.device, iterations=iterations, val_iterations=val_iterations, workers=workers
+            )
+        run_dir = Path(summary["train"]["run_dir"])
+        with timed(summary, "sliding_window"):
+            summary["sliding_window"] = sliding_window(project, run_dir, device=args.device, scale=1 if quick else 2)
+        with timed(summary, "train_step"):
+            summary["train_step"] = train_step(
+                project, work, device=args.device, iters=1 if quick else 10, warmup=0 if quick else 3
+            )
+        with timed(summary, "loader"):
+            summary["loader"] = loader(project, device=args.device, batches=2 if quick else 40)
+
+    text = json.dumps(summary, indent=1)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_smoke.json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
