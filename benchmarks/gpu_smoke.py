@@ -15,7 +15,9 @@ Steps, each timed and summarised (the JSON of the summary goes to DIR/gpu_smoke.
    argmax agreement, amp off and on), and seconds per case with and without mirroring on a volume twice the patch.
 4. train step: `benchmarks.train_step`'s Voxelbase worker on this project's plan, plain and channels-last.
 5. loader: `benchmarks.loader`'s measurement on this project: augment_1 / augment_2 (CPU threads) and, on CUDA,
-   augment_cuda (reading in two CPU threads, augmentation on the GPU), in patches per second.
+   augment_cuda (reading in two CPU threads, augmentation on the GPU), in patches per second; then CPU
+   augmentation in 4 and 8 worker threads vs worker processes (PatchStream(processes=True)), each pinned to as
+   many cores, to show whether threads stop scaling (the GIL) where there are more cores than here.
 
 On the GPU machine (Python 3.12; torch, numpy, scipy, pyarrow, tqdm, click, matplotlib, pyyaml are there) carry
 these wheels, fetched here into the git-ignored folder .whl (see the device notes for the pip download flags):
@@ -106,8 +108,11 @@ def make_project(work: Path, *, cases: int, shape: tuple[int, int, int], workers
     (raw / "dataset.json").write_text(json.dumps(description))
 
     project = Project.resolve(work / "project")
-    engine.ingest.case.read_image = _read_npz  # this process only: ingest with one worker reads in-process
-    ingest_dataset(raw, name=DATASET, project=project, workers=1)
+    original, engine.ingest.case.read_image = engine.ingest.case.read_image, _read_npz
+    try:  # one worker: ingest reads in this process, the only one whose reader is swapped
+        ingest_dataset(raw, name=DATASET, project=project, workers=1)
+    finally:
+        engine.ingest.case.read_image = original
     plan_dataset(DATASET, project=project)
     preprocess_dataset(DATASET, configuration=CONFIGURATION, workers=workers, project=project, progress=False)
     return project
@@ -255,18 +260,23 @@ def train_step(project, work: Path, *, device: str, iters: int, warmup: int) -> 
 # ---------------------------------------------------------------- 5. loader (benchmarks.loader's measurement)
 
 
-def loader(project, *, device: str, batches: int) -> dict:
+def loader(project, *, device: str, batches: int, scaling: tuple[int, ...]) -> dict:
+    """The benchmark's modes, then CPU augmentation in N worker threads vs N worker processes (N in `scaling`)."""
     from benchmarks.loader import run_voxelbase
 
-    modes = ["augment_1", "augment_2"] + (["augment_cuda"] if device.startswith("cuda") else [])
+    runs = [(mode, mode, None, False) for mode in ("augment_1", "augment_2")]
+    if device.startswith("cuda"):
+        runs.append(("augment_cuda", "augment_cuda", None, False))
+    for n in (n for n in scaling if n <= (os.cpu_count() or 1)):
+        runs += [(f"threads_{n}", "augment_2", n, False), (f"processes_{n}", "augment_2", n, True)]
     out = {}
-    for mode in modes:
+    for name, mode, workers, processes in runs:
         try:
-            result = run_voxelbase(project.root, mode, batches=batches)
+            result = run_voxelbase(project.root, mode, batches=batches, workers=workers, processes=processes)
         except RuntimeError as error:
-            out[mode] = {"error": str(error)[-2000:]}
+            out[name] = {"error": str(error)[-2000:]}
             continue
-        out[mode] = {
+        out[name] = {
             "patches_per_s": round(result["patches"] / result["seconds"], 2),
             "patch_size": result["patch_size"],
             "read_size": result["read_size"],
@@ -311,7 +321,9 @@ def main() -> None:
                 project, work, device=args.device, iters=1 if quick else 10, warmup=0 if quick else 3
             )
         with timed(summary, "loader"):
-            summary["loader"] = loader(project, device=args.device, batches=2 if quick else 40)
+            summary["loader"] = loader(
+                project, device=args.device, batches=2 if quick else 40, scaling=(2,) if quick else (4, 8)
+            )
 
     text = json.dumps(summary, indent=1)
     print(text)

@@ -134,9 +134,13 @@ def run_nnunet(env: dict, mode: str, *, batches: int) -> dict:
     return _result(output, f"nnU-Net loader ({mode})")
 
 
-def run_voxelbase(project: Path, mode: str, *, batches: int) -> dict:
-    cores = 2 if mode == "augment_cuda" else MODES[mode]
+def run_voxelbase(
+    project: Path, mode: str, *, batches: int, workers: int | None = None, processes: bool = False
+) -> dict:
+    """One measurement; `workers` (default: the mode's cores) threads, or processes with `processes`."""
+    cores = workers or (2 if mode == "augment_cuda" else MODES[mode])
     args = {"project": str(project), "mode": mode, "workers": cores, "batches": batches, "warmup": 4 + 4 * cores}
+    args["processes"] = processes
     command = [*_pin(cores), sys.executable, "-m", "benchmarks.loader", "--measure", json.dumps(args)]
     output = subprocess.run(command, env={**os.environ, **_single_thread_env()}, capture_output=True, text=True)
     return _result(output, f"Voxelbase loader ({mode})")
@@ -185,6 +189,7 @@ def measure(args: dict) -> None:
         prefetch=2 * args["workers"] + 2,
         augment_in_workers=not on_gpu,
         pin_memory=on_gpu,
+        processes=args.get("processes", False),
     )
     warmup, batches = args["warmup"], args["batches"]
     cpu = time.process_time()  # CPU per patch over every batch made (warm-up included): nothing made is left out

@@ -97,5 +97,5 @@ def test_gpu_smoke_script_runs_on_the_cpu_without_simpleitk(tmp_path):
     assert window["amp_on_vs_cpu"]["argmax_agreement"] > 0.9
     assert summary["train_step"]["plain"]["median_s"] > 0
     assert summary["train_step"]["channels_last"]["median_s"] > 0
-    assert {"augment_1", "augment_2"} <= set(summary["loader"])
+    assert {"augment_1", "augment_2", "threads_2", "processes_2"} <= set(summary["loader"])
     assert all(row["patches_per_s"] > 0 for row in summary["loader"].values())

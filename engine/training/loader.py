@@ -1,16 +1,18 @@
 """The patch stream: batches of (B, C, *patch) images and (B, 1, *patch) labels, read straight from Zarr.
 
-Batch `k` is a pure function of (seed, k): which cases, where, and how it is augmented. Worker threads read
-(and, when training on the CPU, augment) batches ahead of the training step, in order, so loading overlaps
-compute; Blosc decompression and torch ops release the GIL, so threads suffice. On CUDA, augmentation runs on
-the GPU in the training process instead (`augment_batch`), on whole batches.
+Batch `k` is a pure function of (seed, k): which cases, where, and how it is augmented. Workers read (and, when
+training on the CPU, augment) batches ahead of the training step, in order, so loading overlaps compute. Workers
+are threads by default: Blosc decompression and torch ops release the GIL, but the many small Python steps between
+them do not, so `processes=True` runs them as spawned processes instead (each its own interpreter; batches come
+back in shared memory through torch's multiprocessing). On CUDA, augmentation runs on the GPU in the training
+process instead (`augment_batch`), on whole batches.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +91,7 @@ class PatchStream:
         prefetch: int = 4,
         augment_in_workers: bool = True,
         pin_memory: bool = False,
+        processes: bool = False,
     ) -> None:
         if not cases:
             raise ValueError("the patch stream needs at least one case")
@@ -98,6 +101,7 @@ class PatchStream:
         self.prefetch = max(1, prefetch)
         self.augment_in_workers = augment_in_workers
         self.pin_memory = pin_memory
+        self.processes = processes
         self._arrays = CaseArrays(project, dataset, stage)
 
     def read(self, index: int) -> Batch:
@@ -144,18 +148,54 @@ class PatchStream:
         return batch
 
     def iterate(self, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
-        """Batches start, start+1, ... (forever when `stop` is None), produced `prefetch` ahead in worker threads."""
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="patches") as pool:
+        """Batches start, start+1, ... (forever when `stop` is None), produced `prefetch` ahead by the workers."""
+        with self._pool() as pool:
+            produce = _produce_in_process if self.processes else self.produce
             pending: collections.deque = collections.deque()
             index = start
             try:
                 while True:
                     while len(pending) < self.prefetch and (stop is None or index < stop):
-                        pending.append(pool.submit(self.produce, index))
+                        pending.append(pool.submit(produce, index))
                         index += 1
                     if not pending:
                         return
-                    yield pending.popleft().result()
+                    batch = pending.popleft().result()
+                    if self.processes and self.pin_memory:  # pinned memory belongs to the process that pins it
+                        batch.image, batch.label = batch.image.pin_memory(), batch.label.pin_memory()
+                    yield batch
             finally:
                 for future in pending:
                     future.cancel()
+
+    def _pool(self) -> Executor:
+        if not self.processes:
+            return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="patches")
+        arrays = self._arrays
+        recipe = {
+            "project": arrays.project,
+            "dataset": arrays.dataset,
+            "stage": arrays.stage,
+            "cases": self.cases,
+            "settings": self.settings,
+            "augment_in_workers": self.augment_in_workers,
+        }
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=torch.multiprocessing.get_context("spawn"),
+            initializer=_start_process,
+            initargs=(recipe,),
+        )
+
+
+_process_stream: PatchStream | None = None  # the stream a worker process produces from
+
+
+def _start_process(recipe: dict) -> None:
+    global _process_stream
+    torch.set_num_threads(1)  # one core per worker process, as a worker thread has
+    _process_stream = PatchStream(**recipe)
+
+
+def _produce_in_process(index: int) -> Batch:
+    return _process_stream.produce(index)
