@@ -6,6 +6,8 @@ Short transactions keep the catalog free for other processes (a `voxelbase sql` 
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 from engine.catalog import connect, transaction
 from engine.project import Project
@@ -20,16 +22,42 @@ def record_experiment(project: Project, *, name: str, dataset: str, spec: dict, 
         )
 
 
+def _alive(pid: int | None, host: str | None) -> bool:
+    """Whether a run's owning process is still training: never this process itself (it trains one fold at a
+    time), and a run from another host is assumed alive."""
+    if pid is None or host != socket.gethostname():
+        return pid is not None
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def latest_run(project: Project, *, experiment: str, configuration: str, fold: str) -> dict | None:
+    """The fold's newest training run; a 'running' one whose process has died is recorded as interrupted."""
     with connect(project) as con:
         row = con.execute(
-            "SELECT run_id, status, epochs, spec_hash, run_dir FROM runs WHERE experiment = ? AND configuration = ? "
-            "AND fold = ? AND kind = 'train' ORDER BY run_id DESC LIMIT 1",
+            "SELECT run_id, status, epochs, spec_hash, run_dir, pid, host FROM runs WHERE experiment = ? "
+            "AND configuration = ? AND fold = ? AND kind = 'train' ORDER BY run_id DESC LIMIT 1",
             [experiment, configuration, fold],
         ).fetchone()
     if row is None:
         return None
-    return dict(zip(("run_id", "status", "epochs", "spec_hash", "run_dir"), row))
+    run = dict(zip(("run_id", "status", "epochs", "spec_hash", "run_dir", "pid", "host"), row))
+    if run["status"] == "running" and not _alive(run["pid"], run["host"]):
+        finish_run(
+            project,
+            run["run_id"],
+            status="interrupted",
+            error=f"its process (pid {run['pid']}) ended without recording an outcome",
+        )
+        run["status"] = "interrupted"
+    return run
 
 
 def start_run(
@@ -46,18 +74,29 @@ def start_run(
 ) -> int:
     with transaction(project) as con:
         return con.execute(
-            "INSERT INTO runs (experiment, configuration, fold, kind, status, plan, spec_hash, epochs, device, run_dir) "
-            "VALUES (?, ?, ?, 'train', 'running', ?, ?, ?, ?, ?) RETURNING run_id",
-            [experiment, configuration, fold, plan, spec_hash, epochs, device, run_dir],
+            "INSERT INTO runs (experiment, configuration, fold, kind, status, plan, spec_hash, epochs, device, run_dir, pid, host) "
+            "VALUES (?, ?, ?, 'train', 'running', ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
+            [
+                experiment,
+                configuration,
+                fold,
+                plan,
+                spec_hash,
+                epochs,
+                device,
+                run_dir,
+                os.getpid(),
+                socket.gethostname(),
+            ],
         ).fetchone()[0]
 
 
 def reopen_run(project: Project, run_id: int, *, epochs: int, spec_hash: str, device: str) -> None:
     with transaction(project) as con:
         con.execute(
-            "UPDATE runs SET status = 'running', epochs = ?, spec_hash = ?, device = ?, error = NULL, finished_at = NULL "
-            "WHERE run_id = ?",
-            [epochs, spec_hash, device, run_id],
+            "UPDATE runs SET status = 'running', epochs = ?, spec_hash = ?, device = ?, error = NULL, finished_at = NULL, "
+            "pid = ?, host = ? WHERE run_id = ?",
+            [epochs, spec_hash, device, os.getpid(), socket.gethostname(), run_id],
         )
 
 

@@ -70,6 +70,11 @@ def _start_or_resume(
 ) -> tuple[int, Path | None, bool]:
     """(run_id, checkpoint to continue from or None, already_done) by the rules of resume and extend."""
     previous = records.latest_run(project, experiment=spec.name, configuration=configuration, fold=fold)
+    if previous is not None and previous["status"] == "running":
+        raise TrainingError(
+            f"{spec.name}/{configuration}/fold_{fold} is being trained right now (run {previous['run_id']}, "
+            f"pid {previous['pid']} on {previous['host']}); wait for it or stop it first"
+        )
     epochs, key = spec.train.epochs, training_hash(spec)
     same_training = previous is not None and previous["spec_hash"] == key
     if previous is not None and previous["status"] == "finished" and same_training and not resume:
