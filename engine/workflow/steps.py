@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.planning.presets import get_preset, plan_name
 from engine.project import Project
@@ -131,7 +132,7 @@ def build_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
                     lambda a=a, b=b: keys.digest(
                         [keys.step_rows_fingerprint(project, name, f"train:{x}:") for x in (a, b)]
                     ),
-                    lambda a=a, b=b: _ensemble(project, name, (a, b)),
+                    lambda a=a, b=b: _ensemble(project, spec, (a, b)),
                     after=tuple(f"train:{x}:{f}" for x in (a, b) for f in spec.train.folds),
                 )
             )
@@ -159,10 +160,12 @@ def _train(project: Project, spec: ExperimentSpec, configuration: str, fold: str
     return f"{verb} (run {result.run_id})"
 
 
-def _postprocess(project: Project, spec: ExperimentSpec, configuration: str) -> str:
+def _postprocess(project: Project, spec: ExperimentSpec, configuration: str, folders: list[Path] | None = None) -> str:
+    """nnU-Net's postprocessing decision on the cross-validation predictions of a configuration (or ensemble)."""
     from engine.evaluation import postprocessing
 
-    folders = [project.run_dir(spec.name, configuration, str(f)) / "validation" for f in spec.train.folds]
+    if folders is None:
+        folders = [project.run_dir(spec.name, configuration, str(f)) / "validation" for f in spec.train.folds]
     decision = postprocessing.determine_postprocessing(
         spec.name, configuration, pred_dirs=folders, dataset=spec.dataset, project=project
     )
@@ -171,10 +174,14 @@ def _postprocess(project: Project, spec: ExperimentSpec, configuration: str) -> 
     return "postprocessing: " + (", ".join(kept) if kept else "none helps")
 
 
-def _ensemble(project: Project, experiment: str, members: tuple[str, str]) -> str:
+def _ensemble(project: Project, spec: ExperimentSpec, members: tuple[str, str]) -> str:
+    """Score the ensemble on cross-validation, then decide its postprocessing as for a configuration."""
     from engine.evaluation.ensemble import ensemble_cross_validation
 
-    return f"ensemble run {ensemble_cross_validation(experiment, members, project=project)}"
+    result = ensemble_cross_validation(spec.name, members, project=project)
+    decided = _postprocess(project, spec, result.configuration, list(result.pred_dirs))
+    dice = "n/a" if result.mean_dice is None else f"{result.mean_dice:.4f}"
+    return f"{result.configuration}: cross-validation mean foreground Dice {dice}; {decided}"
 
 
 def _select(project: Project, experiment: str) -> str:
