@@ -96,3 +96,16 @@ def test_run_with_a_bad_spec_names_the_key(experiment, project):
     experiment.write_text(SPEC.replace("epochs = 1", "epoch = 1"))
     result = run_cli(project, "run", str(experiment), expect_ok=False)
     assert result.exit_code == 1 and "train.epoch" in result.output
+
+
+def test_two_configurations_are_ensembled_postprocessed_and_selected(experiment, project):
+    spec = SPEC.replace('configurations = ["3d_fullres"]', 'configurations = ["3d_fullres", "2d"]')
+    spec = spec.replace("folds = [0, 1]", "folds = [0]\nsave_probabilities = true")
+    experiment.write_text(spec)
+    output = run_cli(project, "run", str(experiment)).output
+    assert _outcomes(output)["ensemble:2d+3d_fullres"] == "ran"
+    decided = run_query("SELECT configuration FROM postprocessing ORDER BY configuration", project=project)
+    assert decided.column("configuration").to_pylist() == ["2d", "3d_fullres", "ensemble:2d+3d_fullres"]
+    ranking = run_query("SELECT choice FROM selections", project=project).to_pylist()
+    assert ranking and ranking[0]["choice"] in ("2d", "3d_fullres", "ensemble:2d+3d_fullres")
+    assert "nothing to do" in run_cli(project, "run", str(experiment)).output
