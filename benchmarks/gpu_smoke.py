@@ -9,7 +9,7 @@ Steps, each timed and summarised (the JSON of the summary goes to DIR/gpu_smoke.
    geometry) and ingested through the real ingest pipeline, whose file reader is swapped for a NumPy one in this
    process only; then planned and preprocessed (3d_fullres) as usual. Nothing is shipped and SimpleITK is never
    imported, so the same code runs where only torch and the packages below are installed.
-2. train: `train_fold` on fold 0, 2 epochs of `--iterations`, amp bf16 (on CUDA: augmentation on the GPU, pinned
+2. train: `train_and_validate` on fold 0, 2 epochs of `--iterations`, amp bf16 (on CUDA: augmentation on the GPU, pinned
    batches), then the end-of-fold validation (sliding window on the device).
 3. sliding window: the trained network on one preprocessed case, device vs CPU float32 logits (max |diff| and
    argmax agreement, amp off and on), and seconds per case with and without mirroring on a volume twice the patch.
@@ -74,7 +74,7 @@ def timed(summary: dict, key: str):
 
 def _read_npz(path: Path, *, four_d: bool = False):
     """The ingest reader's contract, for the .npz files written below: (array (Z, Y, X), Geometry)."""
-    from engine.ingest.reader import Geometry
+    from engine.images import Geometry
 
     with np.load(path) as data:
         geometry = Geometry(
@@ -87,7 +87,7 @@ def _read_npz(path: Path, *, four_d: bool = False):
 
 def make_project(work: Path, *, cases: int, shape: tuple[int, int, int], workers: int):
     """Demo CT cases as .npz, ingested (NumPy reader), planned and preprocessed; returns the Project."""
-    import engine.ingest.case
+    import engine.images
     from engine.ingest import ingest_dataset
     from engine.ingest.demo import LABELS, demo_case
     from engine.planning import plan_dataset
@@ -108,11 +108,11 @@ def make_project(work: Path, *, cases: int, shape: tuple[int, int, int], workers
     (raw / "dataset.json").write_text(json.dumps(description))
 
     project = Project.resolve(work / "project")
-    original, engine.ingest.case.read_image = engine.ingest.case.read_image, _read_npz
+    original, engine.images.read_image = engine.images.read_image, _read_npz
     try:  # one worker: ingest reads in this process, the only one whose reader is swapped
         ingest_dataset(raw, name=DATASET, project=project, workers=1)
     finally:
-        engine.ingest.case.read_image = original
+        engine.images.read_image = original
     plan_dataset(DATASET, project=project)
     preprocess_dataset(DATASET, configuration=CONFIGURATION, workers=workers, project=project, progress=False)
     return project
@@ -124,14 +124,14 @@ def make_project(work: Path, *, cases: int, shape: tuple[int, int, int], workers
 def train(project, *, device: str, iterations: int, val_iterations: int, workers: int) -> dict:
     from engine.catalog.queries import run_query
     from engine.spec import parse_spec
-    from engine.training.trainer import train_fold
+    from engine.workflow.train import train_and_validate
 
     spec = parse_spec(
         f'name = "gpu_smoke"\ndataset = "{DATASET}"\n[train]\nfolds = [0]\nepochs = 2\n'
         f"iterations_per_epoch = {iterations}\nval_iterations = {val_iterations}\nnum_workers = {workers}\n"
         'amp = "bf16"\ncheckpoint_every = 1\n[predict]\ntta = true\n'
     )
-    result = train_fold(project, spec, configuration=CONFIGURATION, fold="0", device=device)
+    result = train_and_validate(project, spec, configuration=CONFIGURATION, fold="0", device=device)
     epochs = run_query(
         "SELECT epoch, train_loss, val_loss, val_dice, seconds FROM epochs WHERE run_id = ? ORDER BY epoch",
         project=project,
@@ -171,22 +171,21 @@ def sliding_window(project, run_dir: Path, *, device: str, scale: int = 2) -> di
     import torch
 
     from engine.inference.sliding_window import predict_logits
+    from engine.networks import load_trained_model
     from engine.planning import load_plan
-    from engine.preprocessing.dataset import stage_name
-    from engine.store import read_case
-    from engine.training.validation import load_network
+    from engine.store import read_case, stage_name
 
     device = torch.device(device)
-    network, state = load_network(run_dir / "checkpoint_final.pt", device=device)
+    network = load_trained_model(run_dir / "checkpoint_final.pt", device=device).network
     plan = load_plan(project, DATASET, configuration=CONFIGURATION)
-    patch = tuple(plan["patch_size"])
-    stage = stage_name(plan["plan"], CONFIGURATION)
+    patch = tuple(plan.patch_size)
+    stage = stage_name(plan.plan, CONFIGURATION)
     case_id = min(p.name for p in (project.store_path / DATASET / stage).iterdir() if not p.name.startswith("."))
     image, _ = read_case(project, DATASET, case_id, stage=stage)
     image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     out: dict = {"patch_size": list(patch), "case_shape": list(image.shape[1:])}
 
-    reference_net, _ = load_network(run_dir / "checkpoint_final.pt", device=torch.device("cpu"))
+    reference_net = load_trained_model(run_dir / "checkpoint_final.pt", device=torch.device("cpu")).network
     reference = predict_logits(reference_net, image, patch_size=patch, mirror_axes=None, device="cpu", amp=False)
     for amp in (False, True):
         logits = predict_logits(network, image, patch_size=patch, mirror_axes=None, device=device, amp=amp)
@@ -214,7 +213,7 @@ def sliding_window(project, run_dir: Path, *, device: str, scale: int = 2) -> di
 
 def nnunet_style_plans(plan: dict, path: Path) -> Path:
     """This project's plan in the shape benchmarks.train_step reads (nnU-Net's plans JSON)."""
-    arch = plan["architecture"]
+    arch = plan.architecture.to_dict()
     residual = arch["network"] == "resenc_unet"
     kwargs = {
         "n_stages": arch["n_stages"],
@@ -226,9 +225,9 @@ def nnunet_style_plans(plan: dict, path: Path) -> Path:
     }
     name = "ResidualEncoderUNet" if residual else "PlainConvUNet"
     configuration = {
-        "patch_size": plan["patch_size"],
-        "batch_size": plan["batch_size"],
-        "batch_dice": plan["batch_dice"],
+        "patch_size": plan.patch_size,
+        "batch_size": plan.batch_size,
+        "batch_dice": plan.batch_dice,
         "architecture": {"network_class_name": name, "arch_kwargs": kwargs},
     }
     path.write_text(json.dumps({"configurations": {CONFIGURATION: configuration}}))
@@ -240,11 +239,11 @@ def train_step(project, work: Path, *, device: str, iters: int, warmup: int) -> 
 
     plan = load_plan(project, DATASET, configuration=CONFIGURATION)
     plans = nnunet_style_plans(plan, work / "plans.json")
-    out = {"patch_size": plan["patch_size"], "batch_size": plan["batch_size"]}
+    out = {"patch_size": plan.patch_size, "batch_size": plan.batch_size}
     for variant, flags in (("plain", []), ("channels_last", ["--channels-last"])):
         command = [
             sys.executable, "-m", "benchmarks.train_step", "--worker", "--no-nnunet", "--plans", str(plans),
-            "--device", device, "--num-classes", str(plan["num_classes"]), "--in-channels", str(plan["n_channels"]),
+            "--device", device, "--num-classes", str(plan.num_classes), "--in-channels", str(plan.n_channels),
             "--iters", str(iters), "--warmup", str(warmup), "--threads", str(min(4, os.cpu_count() or 1)), *flags,
         ]  # fmt: skip
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)

@@ -93,40 +93,36 @@ def _save_voxelbase_model(project: Path, *, experiment: str, plan: dict, seed: i
     parameters in registration order (for nnU-Net; the networks have no buffers)."""
     import torch
 
+    from engine.networks import network_for_plan, save_checkpoint
+    from engine.plan import ConfigurationPlan
     from engine.project import Project
     from engine.spec import spec_from_dict
     from engine.training import records
-    from engine.training.checkpoint import save_checkpoint
-    from engine.training.network import build_network
 
     proj = Project.resolve(project)
     torch.manual_seed(seed)
-    network = build_network(
-        plan["architecture"],
-        in_channels=int(plan["n_channels"]),
-        num_classes=int(plan["num_classes"]),
-        deep_supervision=False,
-    )
-    spec = spec_from_dict({"name": experiment, "dataset": plan["dataset"], "train": {"folds": [0], "epochs": 1}})
-    run_dir = proj.run_dir(experiment, plan["configuration"], "0")
+    plan_dict, plan = plan, ConfigurationPlan.from_dict(plan)
+    network = network_for_plan(plan, deep_supervision=False)
+    spec = spec_from_dict({"name": experiment, "dataset": plan.dataset, "train": {"folds": [0], "epochs": 1}})
+    run_dir = proj.run_dir(experiment, plan.configuration, "0")
     save_checkpoint(
         run_dir / "checkpoint_final.pt",
         network=network,
         optimizer=None,
         epoch=0,
         spec=spec.to_dict(),
-        plan=plan,
+        plan=plan_dict,
         state={},
     )
     records.record_experiment(
-        proj, name=experiment, dataset=plan["dataset"], spec=spec.to_dict(), spec_hash=spec.hash()
+        proj, name=experiment, dataset=plan.dataset, spec=spec.to_dict(), spec_hash=spec.hash()
     )
     run_id = records.start_run(
         proj,
         experiment=experiment,
-        configuration=plan["configuration"],
+        configuration=plan.configuration,
         fold="0",
-        plan=plan["plan"],
+        plan=plan.plan,
         spec_hash=spec.hash(),
         epochs=1,
         device="cpu",
@@ -266,16 +262,16 @@ def main() -> None:
         nn_cfg = nn_plans["configurations"]["3d_fullres"]
         plan = load_plan(project, "synth", configuration="3d_fullres")
         agree = {
-            "patch_size": plan["patch_size"] == nn_cfg["patch_size"],
-            "architecture": plan["architecture"] == architecture_from_nnunet(nn_cfg["architecture"]),
+            "patch_size": list(plan.patch_size) == nn_cfg["patch_size"],
+            "architecture": plan.architecture.to_dict() == architecture_from_nnunet(nn_cfg["architecture"]),
         }
         intensities = nn_plans["foreground_intensity_properties_per_channel"]
         normalization = [  # nnU-Net's sampled intensity statistics, so both normalise identically
-            {**entry, **{k: intensities[str(c)][k] for k in ("mean", "std", "percentile_00_5", "percentile_99_5")}}
-            for c, entry in enumerate(plan["normalization"])
+            {**entry.to_dict(), **{k: intensities[str(c)][k] for k in ("mean", "std", "percentile_00_5", "percentile_99_5")}}
+            for c, entry in enumerate(plan.normalization)
         ]
         plan = {
-            **plan,
+            **plan.to_dict(),
             "patch_size": nn_cfg["patch_size"],
             "architecture": architecture_from_nnunet(nn_cfg["architecture"]),
             "normalization": normalization,
@@ -353,7 +349,7 @@ def main() -> None:
                 }
             )
         print_table(
-            f"inference, synth 3d_fullres patch {plan['patch_size']}, {n_cases} test cases, CPU "
+            f"inference, synth 3d_fullres patch {plan.patch_size}, {n_cases} test cases, CPU "
             "(seconds include start-up; ratio = voxelbase / nnunet)",
             rows,
         )

@@ -204,7 +204,7 @@ def main() -> None:
     from engine.planning import load_plan
 
     plan = load_plan(project, DATASET, configuration="3d_fullres")
-    payload["voxelbase"]["plan"] = {"patch_size": plan["patch_size"], "batch_size": plan["batch_size"]}
+    payload["voxelbase"]["plan"] = {"patch_size": plan.patch_size, "batch_size": plan.batch_size}
 
     run_nnunet = not args.skip_nnunet and have_nnunet()
     if run_nnunet:

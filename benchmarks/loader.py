@@ -151,8 +151,8 @@ def measure(args: dict) -> None:
     import torch
 
     from engine.planning import load_plan
-    from engine.preprocessing.dataset import stage_name
     from engine.project import Project
+    from engine.store import stage_name
     from engine.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
     from engine.training.loader import PatchStream, StreamSettings, augment_batch
     from engine.training.patches import load_cases
@@ -160,20 +160,20 @@ def measure(args: dict) -> None:
     torch.set_num_threads(1)  # per worker thread: each torch op runs on the thread that calls it
     project = Project.resolve(args["project"])
     plan = load_plan(project, "synth", configuration="3d_fullres")
-    stage = stage_name(plan["plan"], "3d_fullres")
+    stage = stage_name(plan.plan, "3d_fullres")
     ids = sorted(p.name for p in (project.store_path / "synth" / stage).iterdir() if not p.name.startswith("."))
-    cases = load_cases(project, "synth", plan=plan["plan"], configuration="3d_fullres", case_ids=ids)
-    patch = tuple(plan["patch_size"])
+    cases = load_cases(project, "synth", plan=plan.plan, configuration="3d_fullres", case_ids=ids)
+    patch = tuple(plan.patch_size)
     augment = args["mode"] != "read"
     config = AugmentConfig()
     dummy = use_dummy_2d(patch, config)
     settings = StreamSettings(
-        batch_size=int(plan["batch_size"]),
+        batch_size=int(plan.batch_size),
         patch_size=patch,
         read_size=initial_patch_size(patch, config, dummy_2d=dummy) if augment else patch,
         oversample_foreground=0.33,
         seed=0,
-        num_classes=int(plan["num_classes"]),
+        num_classes=int(plan.num_classes),
         augment=config if augment else None,
         dummy_2d=dummy,
     )

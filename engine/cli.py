@@ -68,10 +68,12 @@ def ingest(ctx: click.Context, source: Path, name: str, replace: bool, workers: 
 @click.pass_context
 def datasets(ctx: click.Context) -> None:
     """List datasets with case counts, channels and labels."""
-    from engine.catalog.queries import dataset_overview
+    from engine.catalog import connect
+    from engine.catalog.datasets import dataset_overview
     from engine.tabular import format_table
 
-    click.echo(format_table(dataset_overview(_project(ctx)), fmt="table"))
+    with connect(_project(ctx), read_only=True) as con:
+        click.echo(format_table(dataset_overview(con), fmt="table"))
 
 
 @cli.command()
@@ -221,7 +223,7 @@ def compare(ctx: click.Context, experiments: tuple[str, ...], fmt: str, metric: 
 @click.pass_context
 def train(ctx: click.Context, spec: Path, configuration, fold, overrides, device, resume) -> None:
     """Train one or more folds of an experiment spec."""
-    from engine.training.api import train as train_spec
+    from engine.workflow.train import train as train_spec
 
     results = train_spec(
         spec,

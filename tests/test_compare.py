@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from engine.catalog import connect, transaction
+from engine.catalog.results import insert_metrics
 from engine.evaluation.compare import compare, for_display
-from engine.evaluation.records import insert_metrics
 from engine.evaluation.selection import (
     SelectionError,
     ensemble_candidates,

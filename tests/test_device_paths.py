@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from engine.device import DeviceError, autocast_dtype
+from engine.networks import load_checkpoint
 from engine.spec import parse_spec
-from engine.training.checkpoint import load_checkpoint
 from engine.training.trainer import _pseudo_dice_counts, train_fold
 from tests.conftest import REPO
 

@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 
 from engine.catalog import connect, transaction
+from engine.catalog.results import insert_metrics
 from engine.evaluation.ensemble import EnsembleError, ensemble_all, ensemble_cross_validation
 from engine.evaluation.metrics import case_metrics
-from engine.evaluation.records import insert_metrics
 from engine.evaluation.selection import select_best
-from engine.inference.export import write_probabilities
+from engine.images import write_probabilities
 from engine.ingest import ingest_dataset
 from engine.ingest.demo import write_demo_dataset
 from engine.planning import load_splits, plan_dataset

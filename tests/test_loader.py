@@ -14,8 +14,9 @@ import zarr
 from engine.ingest import ingest_dataset
 from engine.ingest.demo import write_demo_dataset
 from engine.planning import load_plan, plan_dataset
-from engine.preprocessing.dataset import preprocess_dataset, stage_name
+from engine.preprocessing.dataset import preprocess_dataset
 from engine.project import Project
+from engine.store import stage_name
 from engine.store.layout import case_dir
 from engine.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
 from engine.training.loader import PatchStream, StreamSettings, augment_batch
@@ -39,19 +40,19 @@ def prepared(tmp_path_factory) -> Project:
 
 def stream_for(project: Project, configuration: str, *, augment: bool, seed: int = 0, batch_size=None, **kw):
     plan = load_plan(project, DATASET, configuration=configuration)
-    stage = stage_name(plan["plan"], configuration)
+    stage = stage_name(plan.plan, configuration)
     ids = [p.name for p in (project.store_path / DATASET / stage).iterdir() if not p.name.startswith(".")]
-    cases = load_cases(project, DATASET, plan=plan["plan"], configuration=configuration, case_ids=ids)
-    patch = tuple(plan["patch_size"])
+    cases = load_cases(project, DATASET, plan=plan.plan, configuration=configuration, case_ids=ids)
+    patch = tuple(plan.patch_size)
     config = AugmentConfig() if augment else None
     dummy = use_dummy_2d(patch, AugmentConfig())
     settings = StreamSettings(
-        batch_size=batch_size or int(plan["batch_size"]),
+        batch_size=batch_size or plan.batch_size,
         patch_size=patch,
         read_size=initial_patch_size(patch, AugmentConfig(), dummy_2d=dummy),  # larger than the cases: padding
         oversample_foreground=0.33,
         seed=seed,
-        num_classes=int(plan["num_classes"]),
+        num_classes=plan.num_classes,
         augment=config,
         dummy_2d=dummy,
     )
@@ -89,7 +90,7 @@ def test_patches_equal_the_stored_arrays_at_their_offsets_with_padding(prepared)
 
 
 def test_read_patch_pads_labels_with_minus_one_and_fills_a_given_buffer(prepared):
-    stage = stage_name(load_plan(prepared, DATASET, configuration="3d_fullres")["plan"], "3d_fullres")
+    stage = stage_name(load_plan(prepared, DATASET, configuration="3d_fullres").plan, "3d_fullres")
     case_id = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir())[0]
     directory = case_dir(prepared, DATASET, case_id, stage=stage)
     array = zarr.open_array(str(directory / "label"), mode="r")
@@ -206,7 +207,7 @@ def test_2d_patches_are_slices_of_the_stored_case(prepared):
 def test_only_the_chunks_a_patch_touches_are_read(prepared, tmp_path):
     """Every chunk file the patch does not touch is overwritten with garbage: reading still succeeds and is exact;
     garbage in a touched chunk fails the read."""
-    stage = stage_name(load_plan(prepared, DATASET, configuration="3d_fullres")["plan"], "3d_fullres")
+    stage = stage_name(load_plan(prepared, DATASET, configuration="3d_fullres").plan, "3d_fullres")
     case_id = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir())[0]
     source = case_dir(prepared, DATASET, case_id, stage=stage) / "image"
     copy = tmp_path / "image"
@@ -228,7 +229,7 @@ def test_only_the_chunks_a_patch_touches_are_read(prepared, tmp_path):
 
 
 def test_reads_through_zarr_for_other_stores_give_the_same_patch(prepared):
-    stage = stage_name(load_plan(prepared, DATASET, configuration="3d_fullres")["plan"], "3d_fullres")
+    stage = stage_name(load_plan(prepared, DATASET, configuration="3d_fullres").plan, "3d_fullres")
     case_id = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir())[0]
     full = zarr.open_array(str(case_dir(prepared, DATASET, case_id, stage=stage) / "image"), mode="r")[...]
     memory = zarr.create_array(
@@ -240,7 +241,7 @@ def test_reads_through_zarr_for_other_stores_give_the_same_patch(prepared):
 
 
 def test_missing_preprocessing_names_the_command_to_run(prepared):
-    plan = load_plan(prepared, DATASET, configuration="3d_fullres")["plan"]
+    plan = load_plan(prepared, DATASET, configuration="3d_fullres").plan
     with pytest.raises(LookupError, match=r"voxelbase preprocess demo --configuration 3d_fullres"):
         load_cases(prepared, DATASET, plan=plan, configuration="3d_fullres", case_ids=["demo_000", "never_made"])
     with pytest.raises(LookupError, match=r"voxelbase preprocess demo --configuration 3d_lowres"):
@@ -248,7 +249,7 @@ def test_missing_preprocessing_names_the_command_to_run(prepared):
 
 
 def test_load_cases_gives_shapes_and_locations_inside_their_labels(prepared):
-    plan = load_plan(prepared, DATASET, configuration="3d_fullres")["plan"]
+    plan = load_plan(prepared, DATASET, configuration="3d_fullres").plan
     stage = stage_name(plan, "3d_fullres")
     ids = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir())
     cases = load_cases(prepared, DATASET, plan=plan, configuration="3d_fullres", case_ids=ids)

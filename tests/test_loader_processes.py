@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.planning import load_plan
-from engine.preprocessing.dataset import stage_name
+from engine.store import stage_name
 from engine.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
 from engine.training.loader import PatchStream, StreamSettings
 from engine.training.patches import load_cases
@@ -20,9 +20,9 @@ def stream_args(tmp_path_factory) -> dict:
 
     project = make_project(tmp_path_factory.mktemp("streams"), cases=3, shape=(12, 24, 24), workers=1)
     plan = load_plan(project, "synth", configuration="3d_fullres")
-    stage = stage_name(plan["plan"], "3d_fullres")
+    stage = stage_name(plan.plan, "3d_fullres")
     ids = [f"case_{i:03d}" for i in range(3)]
-    patch = tuple(plan["patch_size"])
+    patch = tuple(plan.patch_size)
     config = AugmentConfig()
     dummy = use_dummy_2d(patch, config)
     settings = StreamSettings(
@@ -31,11 +31,11 @@ def stream_args(tmp_path_factory) -> dict:
         read_size=initial_patch_size(patch, config, dummy_2d=dummy),
         oversample_foreground=0.33,
         seed=7,
-        num_classes=int(plan["num_classes"]),
+        num_classes=plan.num_classes,
         augment=config,
         dummy_2d=dummy,
     )
-    cases = load_cases(project, "synth", plan=plan["plan"], configuration="3d_fullres", case_ids=ids)
+    cases = load_cases(project, "synth", plan=plan.plan, configuration="3d_fullres", case_ids=ids)
     return {"project": project, "dataset": "synth", "stage": stage, "cases": cases, "settings": settings}
 
 

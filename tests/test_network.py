@@ -25,7 +25,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.training.network import build_network, count_parameters
+from engine.networks import build_network, count_parameters
 
 SYNTH_3D_FULLRES = {
     "network": "plain_unet",

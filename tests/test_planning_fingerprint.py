@@ -15,6 +15,7 @@ import pytest
 
 from engine.catalog import connect
 from engine.ingest import ingest_dataset
+from engine.plan import Plan
 from engine.planning import load_fingerprint, load_plan, load_splits, plan_dataset
 from tests.planning_parity import FIXTURES, PLANS_FILES, parity_problems
 
@@ -83,12 +84,14 @@ def test_plan_dataset_matches_nnunet(reference_project, preset):
     """Catalog in, plans table and artifact out, on par with nnU-Net's plans for the same data."""
     result = plan_dataset("synth", project=reference_project, preset=preset)
     nnunet_plans = json.loads((FIXTURES / PLANS_FILES[preset]).read_text())
-    assert parity_problems(result.configurations, nnunet_plans) == []
+    planned = {name: c.to_dict() for name, c in result.configurations.items()}
+    assert parity_problems(planned, nnunet_plans) == []
     artifact = json.loads(result.artifact.read_text())["configurations"]
-    assert artifact == result.configurations
+    assert artifact == planned
+    assert Plan.from_dict({"configurations": artifact}).to_dict() == {"configurations": artifact}  # round trip
     stored = load_plan(reference_project, "synth", configuration="3d_fullres", plan=result.plan)
     assert stored == result.configurations["3d_fullres"]
-    assert stored["plan"] == result.plan and stored["dataset"] == "synth" and stored["dataset_hash"]
+    assert stored.plan == result.plan and stored.dataset == "synth" and stored.dataset_hash
 
 
 @needs_synth
@@ -121,4 +124,4 @@ def test_replanning_is_deterministic_and_presets_sit_side_by_side(reference_proj
     assert {r[0] for r in after} >= {"nnunet-8gb", "resenc-l-24gb", "nnunet-12gb"}
     assert duplicates == 0 and splits == 5 * 12
     newest = load_plan(reference_project, "synth", configuration="2d")
-    assert newest["plan"] == "nnunet-12gb"
+    assert newest.plan == "nnunet-12gb"

@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 
 from engine.catalog import connect, transaction
-from engine.evaluation.postprocessing import (
-    apply_postprocessing,
-    decide_postprocessing,
-    keep_largest_component,
-    load_postprocessing,
-    record_postprocessing,
-)
+from engine.catalog.results import postprocessing_decision as load_postprocessing
+from engine.catalog.results import record_postprocessing
+from engine.evaluation.postprocessing import decide_postprocessing
+from engine.volumes import apply_postprocessing, keep_largest_component
 
 SPACING = (1.0, 1.0, 1.0)
 

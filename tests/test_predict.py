@@ -8,15 +8,16 @@ import pytest
 import SimpleITK as sitk
 
 from engine.catalog import transaction
-from engine.evaluation.postprocessing import keep_largest_component, record_postprocessing
-from engine.inference.export import read_probabilities
+from engine.catalog.results import record_postprocessing
+from engine.images import read_probabilities
 from engine.inference.predict import PredictionError, PredictionWarning, predict
 from engine.ingest import ingest_dataset
 from engine.ingest.demo import write_demo_dataset
 from engine.planning import plan_dataset
 from engine.preprocessing.dataset import preprocess_dataset
 from engine.project import Project
-from engine.training.api import train
+from engine.volumes import keep_largest_component
+from engine.workflow.train import train
 from tests.conftest import TINY_SHAPE, run_cli, write_nifti
 
 SPEC = """

@@ -12,16 +12,13 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from engine.preprocessing import (
-    preprocess_case,
-    probabilities_to_segmentation,
-    revert_probabilities,
-    revert_segmentation,
-)
+from engine.plan import ConfigurationPlan, Normalization
+from engine.preprocessing import preprocess_case
 from engine.preprocessing.class_locations import sample_class_locations, sample_count
 from engine.preprocessing.crop import crop_to_nonzero
 from engine.preprocessing.normalize import normalize, normalize_channel
-from engine.preprocessing.resample import (
+from engine.volumes import probabilities_to_segmentation, revert_probabilities, revert_segmentation
+from engine.volumes.resample import (
     compute_new_shape,
     resample_image,
     resample_label,
@@ -138,27 +135,27 @@ def test_ct_normalization_equals_numpy():
     raw = np.random.default_rng(0).normal(50, 80, size=(6, 7, 8)).astype(np.int16)
     entry = {"scheme": "ct", "mean": 40.0, "std": 30.0, "percentile_00_5": -20.0, "percentile_99_5": 150.0}
     expected = (np.clip(raw.astype(np.float64), -20, 150) - 40) / 30
-    np.testing.assert_allclose(normalize_channel(raw, entry=entry), expected, atol=1e-5)
+    np.testing.assert_allclose(normalize_channel(raw, entry=Normalization.from_dict(entry)), expected, atol=1e-5)
     with pytest.raises(ValueError, match="percentile_99_5"):
-        normalize_channel(raw, entry={"scheme": "ct", "mean": 1, "std": 1, "percentile_00_5": 0})
+        normalize_channel(raw, entry=Normalization.from_dict({"scheme": "ct", "mean": 1, "std": 1, "percentile_00_5": 0}))
 
 
 def test_zscore_rescale_noscale_and_unknown():
     rng = np.random.default_rng(1)
     img = rng.normal(300, 40, size=(5, 6, 7)).astype(np.float32)
-    z = normalize_channel(img, entry={"scheme": "zscore"})
+    z = normalize_channel(img, entry=Normalization.from_dict({"scheme": "zscore"}))
     assert abs(z.mean()) < 1e-5 and abs(z.std() - 1) < 1e-4
     mask = np.zeros(img.shape, bool)
     mask[1:4, 1:5, 1:6] = True
-    zm = normalize_channel(img, entry={"scheme": "zscore", "use_nonzero_mask": True}, mask=mask)
+    zm = normalize_channel(img, entry=Normalization.from_dict({"scheme": "zscore", "use_nonzero_mask": True}), mask=mask)
     assert abs(zm[mask].mean()) < 1e-5 and abs(zm[mask].std() - 1) < 1e-4 and (zm[~mask] == 0).all()
-    r = normalize_channel(img, entry={"scheme": "rescale_to_0_1"})
+    r = normalize_channel(img, entry=Normalization.from_dict({"scheme": "rescale_to_0_1"}))
     assert r.min() == 0 and abs(r.max() - 1) < 1e-6
-    np.testing.assert_array_equal(normalize_channel(img, entry={"scheme": "noscale"}), img)
+    np.testing.assert_array_equal(normalize_channel(img, entry=Normalization.from_dict({"scheme": "noscale"})), img)
     with pytest.raises(ValueError, match="unknown normalization scheme 'bogus'"):
-        normalize_channel(img, entry={"scheme": "bogus"})
+        normalize_channel(img, entry=Normalization.from_dict({"scheme": "bogus"}))
     with pytest.raises(ValueError, match="2 channel"):
-        normalize(img[None], entries=[{"scheme": "noscale"}] * 2)
+        normalize(img[None], entries=[Normalization.from_dict({"scheme": "noscale"})] * 2)
 
 
 def test_class_locations_counts_and_positions():
@@ -200,20 +197,33 @@ def read_case(root: Path, case: str):
     return sitk.GetArrayFromImage(image)[None], sitk.GetArrayFromImage(label), image.GetSpacing()[::-1]
 
 
-def reference_plan() -> dict:
-    """The 3d_fullres plan of nnU-Net's reference run, in this project's plan format."""
+def reference_plan() -> ConfigurationPlan:
+    """The 3d_fullres plan of nnU-Net's reference run, in this project's plan format (preprocessing reads its
+    spacing, normalization, resampling and labels; the architecture is a placeholder)."""
     plans = json.loads((REFERENCE / "nnUNetPlans.json").read_text())
     configuration = plans["configurations"]["3d_fullres"]
     intensity = plans["foreground_intensity_properties_per_channel"]["0"]
-    return {
+    return ConfigurationPlan.from_dict({
         "configuration": "3d_fullres",
         "spacing": configuration["spacing"],
         "patch_size": configuration["patch_size"],
+        "batch_size": configuration["batch_size"],
+        "n_channels": 1,
+        "architecture": {
+            "network": "plain_unet",
+            "conv_dims": 3,
+            "n_stages": 1,
+            "features_per_stage": [32],
+            "kernel_sizes": [[3, 3, 3]],
+            "strides": [[1, 1, 1]],
+            "n_conv_per_stage": [2],
+            "n_conv_per_stage_decoder": [],
+        },
         "labels": {"background": 0, "organ": 1, "lesion": 2},
         "num_classes": 3,
         "normalization": [{"scheme": "ct", "use_nonzero_mask": False, **intensity}],
         "resampling": {"image_order": 3, "label_order": 1, "probabilities_order": 1, "order_z": 0},
-    }
+    })
 
 
 @pytest.mark.parametrize("case", ["case_0000", "case_0007"])
@@ -247,7 +257,7 @@ def test_ct_foreground_is_standardized_over_the_dataset(synth):
         "percentile_00_5": low,
         "percentile_99_5": high,
     }
-    normalized = np.concatenate([normalize_channel(img[0], entry=entry)[lab > 0] for img, lab, _ in cases])
+    normalized = np.concatenate([normalize_channel(img[0], entry=Normalization.from_dict(entry))[lab > 0] for img, lab, _ in cases])
     assert abs(normalized.mean()) < 0.02 and abs(normalized.std() - 1) < 0.05
 
 

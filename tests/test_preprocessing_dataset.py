@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import zarr
 
+from engine.catalog import connect
+from engine.catalog.preprocessed import case_properties, class_locations
 from engine.ingest import ingest_dataset
 from engine.ingest.demo import write_demo_dataset
+from engine.plan import ConfigurationPlan
 from engine.planning import plan_dataset
 from engine.preprocessing.case import preprocess_case
 from engine.preprocessing.class_locations import sample_count
 from engine.preprocessing.dataset import PreprocessingError, preprocess_dataset
-from engine.preprocessing.records import load_case_properties, load_class_locations
 from engine.project import Project
 from engine.store import read_case
 from tests.conftest import catalog_snapshot, run_cli
@@ -50,12 +52,12 @@ def project(planned, tmp_path) -> Project:
     return Project.resolve(copy)
 
 
-def plan_of(project: Project, configuration: str = "3d_fullres") -> tuple[str, dict]:
+def plan_of(project: Project, configuration: str = "3d_fullres") -> tuple[str, ConfigurationPlan]:
     with duckdb.connect(str(project.catalog_path), read_only=True) as con:
         name, text = con.execute(
             "SELECT plan, plan_json FROM plans WHERE dataset = ? AND configuration = ?", [DATASET, configuration]
         ).fetchone()
-    return name, json.loads(text)
+    return name, ConfigurationPlan.from_dict(json.loads(text))
 
 
 def rows(project: Project, sql: str, params=()) -> list[tuple]:
@@ -78,7 +80,8 @@ def test_stored_cases_equal_the_pure_function_and_are_recorded(project):
     result = preprocess_dataset(DATASET, configuration="3d_fullres", project=project, workers=1, progress=False)
     plan_name, plan = plan_of(project)
     assert result.processed == tuple(case_ids(project)) and result.skipped == ()
-    locations = load_class_locations(project, DATASET, plan=plan_name, configuration="3d_fullres")
+    with connect(project, read_only=True) as con:
+        locations = class_locations(con, DATASET, plan=plan_name, configuration="3d_fullres")
     for case_id in case_ids(project):
         raw_image, raw_label = read_case(project, DATASET, case_id)
         spacing = rows(project, "SELECT spacing FROM cases WHERE dataset = ? AND case_id = ?", [DATASET, case_id])[0][0]
@@ -88,8 +91,9 @@ def test_stored_cases_equal_the_pure_function_and_are_recorded(project):
         assert image.dtype == np.float32 and label.dtype == np.int8
         np.testing.assert_array_equal(image[...], expected_image)
         np.testing.assert_array_equal(label[...], expected_label)
-        assert image.chunks[1:] == tuple(min(s, -(-p // 2)) for s, p in zip(image.shape[1:], plan["patch_size"]))
-        stored = load_case_properties(project, DATASET, case_id, plan=plan_name, configuration="3d_fullres")
+        assert image.chunks[1:] == tuple(min(s, -(-p // 2)) for s, p in zip(image.shape[1:], plan.patch_size))
+        with connect(project, read_only=True) as con:
+            stored = case_properties(con, DATASET, case_id, plan=plan_name, configuration="3d_fullres")
         assert stored["shape_after_resampling"] == list(image.shape[1:]) and stored["bbox"] == props["bbox"]
         for value in (1, 2):
             coords = locations[case_id].get(value, np.zeros((0, 3), int))

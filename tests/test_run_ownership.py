@@ -35,7 +35,7 @@ def test_a_run_whose_process_died_is_marked_interrupted(project):
     dead.wait()
     _set_pid(project, run_id, dead.pid)
     run = records.latest_run(project, experiment="e", configuration="3d_fullres", fold="0")
-    assert run["status"] == "interrupted"
+    assert run.status == "interrupted"
     row = run_query("SELECT status, error FROM runs WHERE run_id = ?", project=project, params=[run_id]).to_pylist()[0]
     assert row["status"] == "interrupted" and f"pid {dead.pid}" in row["error"]
 
@@ -46,7 +46,7 @@ def test_a_run_whose_process_lives_stays_running(project):
     try:
         _set_pid(project, run_id, alive.pid)
         run = records.latest_run(project, experiment="e", configuration="3d_fullres", fold="0")
-        assert run["status"] == "running" and run["pid"] == alive.pid
+        assert run.status == "running" and run.pid == alive.pid
     finally:
         alive.kill()
         alive.wait()

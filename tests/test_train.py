@@ -131,7 +131,7 @@ def test_a_run_fills_experiments_runs_epochs_metrics_and_leaves_checkpoints(fini
     run_id = runs[0]["run_id"]
 
     plan = load_plan(project, "demo", configuration="3d_fullres")
-    foreground = int(plan["num_classes"]) - 1
+    foreground = plan.num_classes - 1
     epochs = query(project, "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", run_id)
     assert [e["epoch"] for e in epochs] == [0, 1]
     for row in epochs:
@@ -159,7 +159,7 @@ def test_checkpoints_load_without_code_and_hold_spec_and_plan(finished):
     for name in ("checkpoint_final.pt", "checkpoint_best.pt"):
         payload = torch.load(run_dir(finished) / name, weights_only=True)
         assert json.loads(payload["spec_json"])["train"]["epochs"] == 2
-        assert json.loads(payload["plan_json"]) == plan
+        assert json.loads(payload["plan_json"]) == plan.to_dict()
         assert all(isinstance(v, torch.Tensor) for v in payload["network"].values())
     assert torch.load(run_dir(finished) / "checkpoint_final.pt", weights_only=True)["epoch"] == 1
 

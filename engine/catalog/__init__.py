@@ -1,4 +1,10 @@
-"""The DuckDB catalog: connections, migrations from `schema/`, and queries."""
+"""The DuckDB catalog, below every stage: connections, migrations from `schema/`, and one typed function per
+question or write, grouped by table (`datasets`, `plans`, `preprocessed`, `runs`, `results`, `steps`).
+
+No SQL lives outside this package and `schema/` (but the user's own, in `voxelbase sql`). Functions take an open
+connection, so a stage decides what commits together: `with transaction(project) as con:` to write,
+`with connect(project, read_only=True) as con:` to read.
+"""
 
 from engine.catalog.connection import CatalogError, connect, transaction
 

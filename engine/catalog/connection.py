@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import duckdb
 
+from engine.catalog.atomic import atomic
 from engine.catalog.migrations import migrate, migration_files
 from engine.errors import VoxelbaseError
 from engine.project import Project
@@ -84,11 +85,5 @@ def connect(project: Project | str | None = None, *, read_only: bool = False) ->
 @contextlib.contextmanager
 def transaction(project: Project | str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A writing connection whose statements commit together or not at all (also on Ctrl-C)."""
-    with connect(project) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+    with connect(project) as con, atomic(con):
+        yield con

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import duckdb
 
+from engine.catalog.atomic import atomic
+
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schema"
 _MIGRATION = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
@@ -33,13 +35,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     for version, name, path in migration_files():
         if version in done:
             continue
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with atomic(con):
             con.execute(path.read_text())
             con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         applied.append(version)
     return applied

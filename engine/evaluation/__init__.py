@@ -1,18 +1,9 @@
-"""Evaluation: per-case metrics, postprocessing decisions, comparison tables and configuration selection.
-
-Heavier modules (evaluate, compare, selection) are imported from their own files; this package exports the
-array-level functions that training's validation and inference call.
-"""
+"""Evaluation: per-case metrics, end-of-fold validation, postprocessing decisions, ensembles, comparison tables
+and configuration selection."""
 
 from engine.evaluation.metrics import case_metrics, empty_label_metrics
-from engine.evaluation.postprocessing import apply_postprocessing, decide_postprocessing, keep_largest_component
-from engine.evaluation.records import insert_metrics
+from engine.evaluation.postprocessing import decide_postprocessing
 
-__all__ = [
-    "apply_postprocessing",
-    "case_metrics",
-    "decide_postprocessing",
-    "empty_label_metrics",
-    "insert_metrics",
-    "keep_largest_component",
-]
+CODE_VERSION = "1"  # bump when this stage's results change: `voxelbase run` redoes the steps it performs
+
+__all__ = ["case_metrics", "decide_postprocessing", "empty_label_metrics"]

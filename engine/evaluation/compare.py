@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from engine.catalog import connect
+from engine.catalog.results import fold_summaries, label_names_of_results, pooled_summaries
+from engine.catalog.runs import experiments_with_runs
 from engine.errors import VoxelbaseError
 from engine.project import Project
 
@@ -24,25 +26,6 @@ KIND_ORDER = {"train": 0, "ensemble": 1, "evaluation": 2}
 
 class CompareError(VoxelbaseError, ValueError):
     """A comparison that cannot be made as asked (unknown experiment or metric)."""
-
-
-def _label_names(con, experiments: Sequence[str] | None) -> dict[int, str]:
-    """label value -> name over the datasets of the compared runs; values named differently keep their number."""
-    rows = con.execute(
-        """
-        SELECT DISTINCT l.value, l.name
-        FROM result_runs r
-        LEFT JOIN experiments e ON e.name = r.experiment
-        LEFT JOIN evaluations ev ON ev.run_id = r.run_id
-        JOIN labels l ON l.dataset = coalesce(e.dataset, ev.dataset) AND l.value IS NOT NULL
-        WHERE ? IS NULL OR list_contains(?, r.experiment)
-        """,
-        [experiments, experiments],
-    ).fetchall()
-    names: dict[int, set[str]] = {}
-    for value, name in rows:
-        names.setdefault(int(value), set()).add(name)
-    return {value: next(iter(found)) for value, found in names.items() if len(found) == 1}
 
 
 def _fold_key(fold: str) -> tuple:
@@ -58,21 +41,13 @@ def compare(
     if metric not in METRICS:
         raise CompareError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     chosen = list(experiments) if experiments else None
-    filter_sql = "WHERE (? IS NULL OR list_contains(?, experiment))"
     with connect(project, read_only=True) as con:
-        folds = con.execute(
-            f"SELECT experiment, configuration, kind, fold, label, n_cases, {metric}_mean, {metric}_std "
-            f"FROM fold_summary {filter_sql}",
-            [chosen, chosen],
-        ).fetchall()
-        pooled = con.execute(
-            f"SELECT experiment, configuration, kind, 'mean', label, n_cases, {metric}_mean, {metric}_std "
-            f"FROM configuration_summary {filter_sql} AND n_folds > 1",
-            [chosen, chosen],
-        ).fetchall()
-        names = _label_names(con, chosen)
+        folds = fold_summaries(con, chosen, metric=metric)
+        pooled = pooled_summaries(con, chosen, metric=metric)
+        # a value named differently in two datasets keeps its number
+        names = {value: next(iter(n)) for value, n in label_names_of_results(con, chosen).items() if len(n) == 1}
         if chosen:
-            known = {row[0] for row in con.execute("SELECT DISTINCT experiment FROM runs").fetchall()}
+            known = experiments_with_runs(con)
             unknown = [e for e in chosen if e not in known]
             if unknown:
                 raise CompareError(f"no runs recorded for experiment(s) {', '.join(unknown)}")

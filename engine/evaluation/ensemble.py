@@ -11,7 +11,6 @@ are written to its own run folders so that a postprocessing decision can be made
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,17 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.catalog import connect, transaction
+from engine.catalog.datasets import case_geometries, dataset_info
+from engine.catalog.plans import dataset_splits
+from engine.catalog.results import insert_metrics
+from engine.catalog.runs import ensemble_name, experiment_row, finished_folds, record_finished_run
 from engine.errors import VoxelbaseError
 from engine.evaluation.metrics import case_metrics
-from engine.evaluation.records import insert_metrics
-from engine.evaluation.selection import ensemble_candidates, ensemble_name
-from engine.inference.export import geometry_of, read_probabilities, write_segmentation
+from engine.evaluation.selection import ensemble_candidates
+from engine.images import read_probabilities, write_segmentation
 from engine.project import Project
 from engine.store import read_case
+from engine.volumes import argmax_segmentation, mean_probabilities
 
 
 class EnsembleError(VoxelbaseError, ValueError):
@@ -44,25 +47,12 @@ class EnsembleResult:
     mean_dice: float | None  # nnU-Net's score: per label mean over cases, then mean over labels
 
 
-def _experiment(con, experiment: str) -> tuple[str, str, float]:
-    row = con.execute("SELECT dataset, spec, spec_hash FROM experiments WHERE name = ?", [experiment]).fetchone()
-    if row is None:
-        raise EnsembleError(f"experiment {experiment!r} not found in the catalog")
-    tolerance = json.loads(row[1]).get("evaluate", {}).get("nsd_tolerance_mm", 1.0)
-    return row[0], row[2], float(tolerance)
-
-
 def _member_folds(con, experiment: str, members: Sequence[str]) -> list[str]:
     """The cross-validation folds every member finished; an error when the members' folds differ."""
-    folds = {}
-    for member in members:
-        rows = con.execute(
-            "SELECT fold FROM result_runs WHERE experiment = ? AND configuration = ? AND kind = 'train' "
-            "AND fold <> 'all'",
-            [experiment, member],
-        ).fetchall()
-        folds[member] = {r[0] for r in rows}
-        if not folds[member]:
+    finished = finished_folds(con, experiment, cross_validation=True)
+    folds = {member: set(finished.get(member, ())) for member in members}
+    for member, present in folds.items():
+        if not present:
             raise EnsembleError(f"{experiment}/{member} has no finished cross-validation fold to ensemble")
     union = set().union(*folds.values())
     for member, present in folds.items():
@@ -74,24 +64,12 @@ def _member_folds(con, experiment: str, members: Sequence[str]) -> list[str]:
     return sorted(union, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
 
 
-def _validation_cases(con, dataset: str, fold: str) -> list[str]:
-    rows = con.execute(
-        "SELECT case_id FROM splits WHERE dataset = ? AND fold = ? AND role = 'val' ORDER BY case_id", [dataset, fold]
-    ).fetchall()
-    if not rows:
-        raise EnsembleError(f"dataset {dataset!r} has no validation cases for fold {fold}")
-    return [r[0] for r in rows]
-
-
 def averaged_probabilities(paths: Sequence[Path]) -> np.ndarray:
     """The mean of the members' (K, Z, Y, X) probability files, float32, one member in memory at a time."""
-    total = None
-    for path in paths:
-        probabilities = read_probabilities(path)
-        if total is not None and probabilities.shape != total.shape:
-            raise EnsembleError(f"{path}: probabilities of shape {probabilities.shape}, expected {total.shape}")
-        total = probabilities if total is None else np.add(total, probabilities, out=total)
-    return total / len(paths)
+    try:
+        return mean_probabilities(read_probabilities(path) for path in paths)
+    except ValueError as error:
+        raise EnsembleError(f"{paths[0].parent}: {error}") from error
 
 
 def ensemble_cross_validation(
@@ -102,18 +80,21 @@ def ensemble_cross_validation(
     members = tuple(sorted(set(members)))
     name = ensemble_name(members)
     with connect(project, read_only=True) as con:
-        dataset, spec_hash, tolerance = _experiment(con, experiment)
+        recorded = experiment_row(con, experiment)
+        if recorded is None:
+            raise EnsembleError(f"experiment {experiment!r} not found in the catalog")
+        dataset, spec_hash = recorded.dataset, recorded.spec_hash
+        tolerance = float(recorded.spec.get("evaluate", {}).get("nsd_tolerance_mm", 1.0))
         folds = _member_folds(con, experiment, members)
-        cases = {fold: _validation_cases(con, dataset, fold) for fold in folds}
-        ending, ignore_label = con.execute(
-            "SELECT file_ending, ignore_label FROM datasets WHERE name = ?", [dataset]
-        ).fetchone()
-        geometry = {
-            r[0]: geometry_of({"spacing": r[1], "origin": r[2], "direction": r[3]})
-            for r in con.execute(
-                "SELECT case_id, spacing, origin, direction FROM cases WHERE dataset = ?", [dataset]
-            ).fetchall()
-        }
+        splits = dataset_splits(con, dataset)
+        info = dataset_info(con, dataset)
+        geometry = case_geometries(con, dataset)
+    ending, ignore_label = info.file_ending, info.ignore_label
+    cases = {}
+    for fold in folds:
+        cases[fold] = splits.get(fold, {}).get("val", [])
+        if not cases[fold]:
+            raise EnsembleError(f"dataset {dataset!r} has no validation cases for fold {fold}")
     files = {}
     for fold, ids in cases.items():
         for case_id in ids:
@@ -133,7 +114,7 @@ def ensemble_cross_validation(
         out_dir = project.run_dir(experiment, name, fold) / "validation"
         for case_id in ids:
             probabilities = averaged_probabilities(files[(fold, case_id)])
-            segmentation = probabilities.argmax(0).astype(np.uint8 if probabilities.shape[0] <= 255 else np.uint16)
+            segmentation = argmax_segmentation(probabilities)
             labels = list(range(1, probabilities.shape[0]))
             del probabilities
             _, reference = read_case(project, dataset, case_id)
@@ -161,12 +142,15 @@ def ensemble_cross_validation(
     run_ids = {}
     with transaction(project) as con:
         for fold in folds:
-            run_dir = project.run_dir(experiment, name, fold)
-            run_ids[fold] = con.execute(
-                "INSERT INTO runs (experiment, configuration, fold, kind, status, spec_hash, run_dir, finished_at) "
-                "VALUES (?, ?, ?, 'ensemble', 'finished', ?, ?, current_timestamp) RETURNING run_id",
-                [experiment, name, fold, spec_hash, str(run_dir)],
-            ).fetchone()[0]
+            run_ids[fold] = record_finished_run(
+                con,
+                experiment=experiment,
+                configuration=name,
+                fold=fold,
+                kind="ensemble",
+                run_dir=str(project.run_dir(experiment, name, fold)),
+                spec_hash=spec_hash,
+            )
             insert_metrics(con, run_id=run_ids[fold], cases=scored[fold], nsd_tolerance_mm=tolerance)
     return EnsembleResult(
         experiment=experiment,

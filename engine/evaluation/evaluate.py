@@ -13,18 +13,22 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from engine.catalog import connect, transaction
+from engine.catalog.datasets import case_geometries, dataset_info, foreground_label_values
+from engine.catalog.results import insert_metrics, metric_summary, record_evaluation
+from engine.catalog.runs import record_finished_run
 from engine.errors import VoxelbaseError
 from engine.evaluation.metrics import case_metrics, empty_label_metrics
-from engine.evaluation.records import insert_metrics
+from engine.images import Geometry, ImageFileError, read_image
+from engine.parallel import completed, worker_count
 from engine.project import Project
+from engine.store import case_dir
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl.gz", ".gipl", ".tif", ".tiff")
 
@@ -41,7 +45,7 @@ class CaseTask:
     prediction: Path
     reference: Path | None = None  # a reference file, or None to read the dataset's stored label
     store_label: Path | None = None  # the case's raw label Zarr array
-    geometry: tuple | None = None  # (spacing, origin, direction) in (z, y, x)
+    geometry: Geometry | None = None  # the stored label's
 
 
 def split_case_id(name: str, *, file_ending: str | None = None) -> tuple[str, str] | None:
@@ -73,28 +77,21 @@ def list_predictions(pred_dir: Path, *, file_ending: str | None = None) -> dict[
 
 
 def _read(path: Path):
-    from engine.ingest.errors import IngestError
-    from engine.ingest.reader import read_image
-
     try:
         return read_image(path)
-    except IngestError as error:
+    except ImageFileError as error:
         raise EvaluationError(str(error)) from error
 
 
 def load_case_pair(task: CaseTask) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """(prediction, reference, spacing) of one case after checking that their geometry agrees."""
-    from engine.ingest.reader import Geometry
-
     pred, pred_geometry = _read(task.prediction)
     if task.reference is not None:
         ref, ref_geometry = _read(task.reference)
         where = f"reference {task.reference}"
     else:
-        import zarr
-
         ref = zarr.open_array(str(task.store_label), mode="r")[...]
-        ref_geometry = Geometry(*(tuple(float(v) for v in part) for part in task.geometry))
+        ref_geometry = task.geometry
         where = f"the stored label of case {task.case_id!r}"
     if pred.shape != ref.shape:
         raise EvaluationError(
@@ -132,52 +129,36 @@ def score_cases(
     """(case id, metric rows) per task, in order, computed by `workers` processes (1: in this process)."""
     label_tuple = None if labels is None else tuple(int(v) for v in labels)
     args = [(task, label_tuple, float(nsd_tolerance_mm), ignore_label) for task in tasks]
-    workers = min(workers or default_workers(), max(len(args), 1))
-    if workers <= 1:
-        yield from map(_score, args)
-        return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        yield from pool.map(_score, args)
-
-
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    workers = worker_count(workers, tasks=len(args), cap=4)
+    done: dict[str, list[dict]] = {}
+    for (task, *_), result in completed(_score, args, workers=workers):
+        done[task.case_id] = result()[1]
+    for task in tasks:
+        yield task.case_id, done.pop(task.case_id)
 
 
 def _dataset_tasks(
     project: Project, dataset: str, predictions: dict[str, Path]
 ) -> tuple[list[CaseTask], list[int], int | None]:
     with connect(project, read_only=True) as con:
-        found = con.execute("SELECT ignore_label FROM datasets WHERE name = ?", [dataset]).fetchone()
-        if found is None:
+        info = dataset_info(con, dataset)
+        if info is None:
             raise EvaluationError(f"dataset {dataset!r} is not in the catalog: ingest it first (voxelbase ingest)")
-        rows = con.execute(
-            "SELECT case_id, spacing, origin, direction FROM cases WHERE dataset = ? AND label_file IS NOT NULL",
-            [dataset],
-        ).fetchall()
-        labels = [
-            int(v)
-            for (v,) in con.execute(
-                "SELECT value FROM labels WHERE dataset = ? AND value > 0 AND NOT is_ignore ORDER BY value", [dataset]
-            ).fetchall()
-        ]
-    stored = {row[0]: row[1:] for row in rows}
+        stored = case_geometries(con, dataset, labelled=True)
+        labels = foreground_label_values(con, dataset)
     missing = sorted(set(predictions) - set(stored))
     if missing:
         raise EvaluationError(
             f"no reference label in dataset {dataset!r} for prediction(s) {', '.join(predictions[c].name for c in missing[:5])}"
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         )
-    from engine.store import case_dir
-
     tasks = []
     for case_id, path in predictions.items():
-        spacing, origin, direction = stored[case_id]
         label_path = case_dir(project, dataset, case_id) / "label"
         if not label_path.exists():
             raise EvaluationError(f"case {case_id!r} of dataset {dataset!r} has no stored label at {label_path}")
-        tasks.append(CaseTask(case_id, path, store_label=label_path, geometry=(spacing, origin, direction)))
-    return tasks, labels, found[0]
+        tasks.append(CaseTask(case_id, path, store_label=label_path, geometry=stored[case_id]))
+    return tasks, labels, info.ignore_label
 
 
 def _folder_tasks(reference_dir: Path, predictions: dict[str, Path]) -> list[CaseTask]:
@@ -258,25 +239,20 @@ def evaluate_folder(
         results = [(c, _complete(rows, seen)) for c, rows in results]
         labels = seen
     with transaction(project) as con:
-        run_id = con.execute(
-            "INSERT INTO runs (experiment, configuration, fold, kind, status, run_dir, finished_at) "
-            "VALUES (?, ?, 'all', 'evaluation', 'finished', ?, current_timestamp) RETURNING run_id",
-            [name, f"evaluation:{name}", str(pred_dir)],
-        ).fetchone()[0]
+        run_id = record_finished_run(
+            con, experiment=name, configuration=f"evaluation:{name}", fold="all", kind="evaluation", run_dir=str(pred_dir)
+        )
         insert_metrics(con, run_id=run_id, cases=results, nsd_tolerance_mm=nsd_tolerance_mm)
-        con.execute(
-            "INSERT INTO evaluations (run_id, name, pred_dir, reference, dataset, nsd_tolerance_mm, n_cases, labels) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                run_id,
-                name,
-                str(pred_dir),
-                reference,
-                dataset,
-                float(nsd_tolerance_mm),
-                len(results),
-                [int(v) for v in labels],
-            ],
+        record_evaluation(
+            con,
+            run_id=run_id,
+            name=name,
+            pred_dir=str(pred_dir),
+            reference=reference,
+            dataset=dataset,
+            nsd_tolerance_mm=nsd_tolerance_mm,
+            n_cases=len(results),
+            labels=labels,
         )
     return int(run_id)
 
@@ -288,15 +264,8 @@ def _complete(rows: list[dict], labels: Sequence[int]) -> list[dict]:
 
 def evaluation_summary(run_id: int, *, project: Project | str | None = None):
     """Per label: cases, mean Dice, IoU, HD95 and NSD of one run (NULLs left out), as an Arrow table."""
-    from engine.catalog.queries import run_query
-
-    return run_query(
-        "SELECT label, count(*) AS n_cases, count(dice) AS n_dice, round(avg(dice), 4) AS dice, "
-        "round(avg(iou), 4) AS iou, round(avg(hd95), 3) AS hd95, round(avg(nsd), 4) AS nsd "
-        "FROM metrics WHERE run_id = ? GROUP BY label ORDER BY label",
-        project=project,
-        params=[int(run_id)],
-    )
+    with connect(project, read_only=True) as con:
+        return metric_summary(con, run_id)
 
 
 def iter_case_pairs(

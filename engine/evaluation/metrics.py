@@ -34,6 +34,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from engine.volumes.components import padded_box
+
 _FACE = ndimage.generate_binary_structure(3, 1)
 
 
@@ -130,16 +132,6 @@ def _label_metrics(p: np.ndarray, r: np.ndarray, *, label: int, spacing, tau: fl
         within = np.count_nonzero(d_pred <= tau) + np.count_nonzero(d_ref <= tau)
         row["nsd"] = float(within / (d_pred.size + d_ref.size))
     return row
-
-
-def padded_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    """The bounding box of `mask`, grown by `margin` voxels and clipped to the volume."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=other))
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(box)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:

@@ -20,59 +20,15 @@ outcomes of step 1).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from scipy import ndimage
 
-from engine.evaluation.metrics import overlap_scores, padded_box
-
-
-def largest_component_mask(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component(s) of a boolean mask (all of them when sizes tie).
-
-    Labels only the bounding box of the mask, so a small structure in a large volume stays cheap.
-    """
-    if not mask.any():
-        return mask.copy()
-    box = padded_box(mask, margin=0)
-    components, n = ndimage.label(mask[box], structure=np.ones((3,) * mask.ndim, dtype=bool))
-    if n == 1:
-        return mask.copy()
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    out = np.zeros_like(mask, dtype=bool)
-    out[box] = np.isin(components, np.flatnonzero(sizes == sizes.max()))
-    return out
-
-
-def keep_largest_component(seg: np.ndarray, *, labels: Sequence[int] | None) -> np.ndarray:
-    """A copy of `seg` with all but the largest component removed (set to background 0).
-
-    `labels=None` treats all foreground as one mask (nnU-Net's step 1); a list treats each label separately.
-    """
-    out = seg.copy()
-    if labels is None:
-        mask = seg > 0
-        out[mask & ~largest_component_mask(mask)] = 0
-        return out
-    for label in labels:
-        mask = seg == label
-        out[mask & ~largest_component_mask(mask)] = 0
-    return out
-
-
-def apply_postprocessing(seg: np.ndarray, decision: dict | None) -> np.ndarray:
-    """Apply a decision from `decide_postprocessing` (None or an empty decision leaves `seg` as it is)."""
-    if not decision:
-        return seg
-    if decision.get("foreground_lcc"):
-        seg = keep_largest_component(seg, labels=None)
-    per_label = decision.get("per_label_lcc") or []
-    if per_label:
-        seg = keep_largest_component(seg, labels=per_label)
-    return seg
+from engine.catalog import transaction
+from engine.catalog.results import record_postprocessing
+from engine.evaluation.evaluate import iter_case_pairs
+from engine.evaluation.metrics import overlap_scores
+from engine.volumes.components import largest_component_mask
 
 
 class _Scores:
@@ -170,23 +126,6 @@ def _json_float(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def record_postprocessing(con, *, experiment: str, configuration: str, decision: dict) -> None:
-    """Store a decision (replacing an earlier one) inside the caller's transaction."""
-    con.execute(
-        "INSERT OR REPLACE INTO postprocessing (experiment, configuration, decision, created_at) "
-        "VALUES (?, ?, ?, current_timestamp)",
-        [experiment, configuration, json.dumps(decision)],
-    )
-
-
-def load_postprocessing(con, *, experiment: str, configuration: str) -> dict | None:
-    """The stored decision for an experiment's configuration (or 'ensemble:a+b'), None when none was made."""
-    row = con.execute(
-        "SELECT decision FROM postprocessing WHERE experiment = ? AND configuration = ?", [experiment, configuration]
-    ).fetchone()
-    return None if row is None else json.loads(row[0])
-
-
 def determine_postprocessing(
     experiment: str,
     configuration: str,
@@ -199,9 +138,6 @@ def determine_postprocessing(
 ) -> dict:
     """Decide on the cross-validation predictions in `pred_dirs` (one folder per fold) and record the decision
     for (experiment, configuration) -- the step nnU-Net runs after `find_best_configuration`."""
-    from engine.catalog import transaction
-    from engine.evaluation.evaluate import iter_case_pairs
-
     found_labels, cases = iter_case_pairs(pred_dirs, reference_dir=reference_dir, dataset=dataset, project=project)
     labels = labels if labels is not None else found_labels
     if not labels:

@@ -12,15 +12,14 @@ candidate: a single configuration before an ensemble, then nnU-Net's configurati
 from __future__ import annotations
 
 import itertools
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from engine.catalog import connect, transaction
+from engine.catalog.results import SelectionRow, configuration_ranking, record_selection
+from engine.catalog.results import selection as selection_row
+from engine.catalog.runs import ensemble_members, ensemble_name, finished_folds
 from engine.errors import VoxelbaseError
 from engine.project import Project
 
-ENSEMBLE_PREFIX = "ensemble:"
 CONFIGURATION_ORDER = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")  # nnU-Net's default model order
 
 
@@ -28,37 +27,12 @@ class SelectionError(VoxelbaseError, ValueError):
     """No candidate can be selected; the message says what is missing."""
 
 
-@dataclass(frozen=True)
-class Selection:
-    experiment: str
-    choice: str  # a configuration or 'ensemble:<a>+<b>'
-    kind: str  # 'train' or 'ensemble'
-    members: tuple[str, ...]  # the configurations whose models predict
-    mean_dice: float
-    ranking: tuple[dict, ...]  # every candidate, best first
-
-
-def ensemble_name(members: Sequence[str]) -> str:
-    """The configuration name of an ensemble run, members sorted so each pair has one name."""
-    if len(members) < 2:
-        raise ValueError(f"an ensemble needs at least two configurations, got {list(members)}")
-    return ENSEMBLE_PREFIX + "+".join(sorted(members))
-
-
-def ensemble_members(configuration: str) -> tuple[str, ...]:
-    """The configurations of 'ensemble:<a>+<b>', or (configuration,) for a single one."""
-    if configuration.startswith(ENSEMBLE_PREFIX):
-        return tuple(configuration[len(ENSEMBLE_PREFIX) :].split("+"))
-    return (configuration,)
+Selection = SelectionRow  # experiment, choice, kind, members, mean_dice, ranking (best first)
+__all__ = ["Selection", "SelectionError", "ensemble_candidates", "ensemble_name", "load_selection", "select_best"]
 
 
 def _cv_runs(con, experiment: str) -> dict[str, set[str]]:
-    rows = con.execute(
-        "SELECT configuration, list(DISTINCT fold) FROM result_runs "
-        "WHERE experiment = ? AND kind = 'train' AND fold <> 'all' GROUP BY configuration",
-        [experiment],
-    ).fetchall()
-    return {configuration: set(folds) for configuration, folds in rows}
+    return {c: set(folds) for c, folds in finished_folds(con, experiment, cross_validation=True).items()}
 
 
 def ensemble_candidates(experiment: str, *, project: Project | str | None = None) -> list[tuple[str, str]]:
@@ -84,11 +58,7 @@ def rank_candidates(experiment: str, *, project: Project | str | None = None) ->
     """Every configuration and ensemble with cross-validation results, best first, each with `eligible`."""
     with connect(project, read_only=True) as con:
         trained = _cv_runs(con, experiment)
-        rows = con.execute(
-            "SELECT configuration, kind, mean_dice, n_folds, folds, n_cases FROM configuration_ranking "
-            "WHERE experiment = ?",
-            [experiment],
-        ).fetchall()
+        rows = configuration_ranking(con, experiment)
     required = set().union(*trained.values()) if trained else set()
     complete = {c for c, folds in trained.items() if folds >= required}
     ranking = []
@@ -138,28 +108,11 @@ def select_best(
     )
     if record:
         with transaction(project) as con:
-            con.execute(
-                "INSERT OR REPLACE INTO selections (experiment, choice, kind, members, mean_dice, ranking, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, current_timestamp)",
-                [
-                    experiment,
-                    selection.choice,
-                    selection.kind,
-                    list(selection.members),
-                    selection.mean_dice,
-                    json.dumps(ranking),
-                ],
-            )
+            record_selection(con, selection)
     return selection
 
 
 def load_selection(experiment: str, *, project: Project | str | None = None) -> Selection | None:
     """The recorded choice for `experiment` (what `predict` uses when no configuration is given), or None."""
     with connect(project, read_only=True) as con:
-        row = con.execute(
-            "SELECT choice, kind, members, mean_dice, ranking FROM selections WHERE experiment = ?", [experiment]
-        ).fetchone()
-    if row is None:
-        return None
-    choice, kind, members, mean_dice, ranking = row
-    return Selection(experiment, choice, kind, tuple(members), float(mean_dice), tuple(json.loads(ranking)))
+        return selection_row(con, experiment)

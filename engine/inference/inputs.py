@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import VoxelbaseError
+from engine.images import Geometry, ImageFileError, read_channels
 from engine.ingest.errors import IngestError
 from engine.ingest.layouts import check_case_id
-from engine.ingest.reader import Geometry, read_image
 
 # `<case>_<cccc><ending>`: the case id is greedy, so 'a_0000_0001.nii.gz' is channel 1 of case 'a_0000'
 INPUT_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.[A-Za-z0-9][A-Za-z0-9.]*)$")
@@ -101,26 +101,11 @@ def list_input_cases(
 
 
 def read_input_case(case: InputCase) -> tuple[np.ndarray, Geometry]:
-    """The case's (C, Z, Y, X) image (source dtype) and the geometry of its first channel file."""
-    arrays, geometry = [], None
-    for path in case.files:
-        try:
-            array, geo = read_image(path)
-        except IngestError as error:
-            raise PredictionError(str(error)) from error
-        if geometry is None:
-            geometry = geo
-        else:
-            if array.shape != arrays[0].shape:
-                raise PredictionError(
-                    f"{path}: shape {array.shape} differs from {case.files[0].name}'s {arrays[0].shape}"
-                )
-            problem = geometry.mismatch(geo)
-            if problem:
-                raise PredictionError(f"{path}: geometry differs from {case.files[0].name}'s: {problem}")
-        arrays.append(array)
-    image = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
-    return image, geometry
+    """The case's (C, Z, Y, X) image (source dtype) and its geometry, with every check ingest makes."""
+    try:
+        return read_channels(case.files)
+    except ImageFileError as error:
+        raise PredictionError(str(error)) from error
 
 
 def check_output_dir(input_dir: Path, output_dir: Path) -> None:

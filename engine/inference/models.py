@@ -8,21 +8,21 @@ errors that name what exists.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
 
 from engine.catalog import connect
-from engine.evaluation.postprocessing import load_postprocessing
-from engine.evaluation.selection import ensemble_members, ensemble_name, load_selection
+from engine.catalog.results import postprocessing_decision, selection
+from engine.catalog.runs import ensemble_members, ensemble_name, experiment_names, experiment_row, finished_folds
+from engine.device import resolve_device
 from engine.inference.inputs import PredictionError
+from engine.networks import load_trained_model
+from engine.plan import ConfigurationPlan
 from engine.project import Project
 from engine.spec import ExperimentSpec, spec_from_dict
 
 CHECKPOINT = "checkpoint_final.pt"
-# plan keys that decide preprocessing and the output classes: folds averaged together must agree on them
-PLAN_KEYS_THAT_MUST_AGREE = ("spacing", "normalization", "resampling", "n_channels", "num_classes", "labels")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ConfigurationModels:
 
     configuration: str
     folds: tuple[str, ...]
-    plan: dict
+    plan: ConfigurationPlan
     networks: tuple[torch.nn.Module, ...]
 
 
@@ -47,35 +47,29 @@ class PredictionModels:
 
     @property
     def n_channels(self) -> int:
-        return int(self.members[0].plan["n_channels"])
+        return self.members[0].plan.n_channels
 
 
-def _fold_key(fold: str) -> tuple:
-    return (not fold.isdigit(), int(fold) if fold.isdigit() else 0, fold)
-
-
-def experiment_spec(project: Project, experiment: str) -> tuple[str, ExperimentSpec]:
+def experiment_spec(project: Project, name: str) -> tuple[str, ExperimentSpec]:
     """(dataset, resolved spec) of a recorded experiment; an error listing the experiments there are."""
     with connect(project, read_only=True) as con:
-        row = con.execute("SELECT dataset, spec FROM experiments WHERE name = ?", [experiment]).fetchone()
-        names = [r[0] for r in con.execute("SELECT name FROM experiments ORDER BY name").fetchall()]
-    if row is None:
+        found = experiment_row(con, name)
+        names = experiment_names(con)
+    if found is None:
         known = ", ".join(names) if names else "none yet (train one with voxelbase train SPEC)"
-        raise PredictionError(f"experiment {experiment!r} not found in {project.catalog_path}; experiments: {known}")
-    return row[0], spec_from_dict(json.loads(row[1]), source=f"experiment {experiment!r}")
+        raise PredictionError(f"experiment {name!r} not found in {project.catalog_path}; experiments: {known}")
+    return found.dataset, spec_from_dict(found.spec, source=f"experiment {name!r}")
 
 
 def trained_folds(project: Project, experiment: str) -> dict[str, list[str]]:
     """configuration -> folds with a finished training run and a final checkpoint on disk."""
     with connect(project, read_only=True) as con:
-        rows = con.execute(
-            "SELECT configuration, fold FROM result_runs WHERE experiment = ? AND kind = 'train'", [experiment]
-        ).fetchall()
-    found: dict[str, list[str]] = {}
-    for configuration, fold in rows:
-        if (project.run_dir(experiment, configuration, fold) / CHECKPOINT).is_file():
-            found.setdefault(configuration, []).append(fold)
-    return {c: sorted(folds, key=_fold_key) for c, folds in sorted(found.items())}
+        finished = finished_folds(con, experiment)
+    found = {
+        configuration: [f for f in folds if (project.run_dir(experiment, configuration, f) / CHECKPOINT).is_file()]
+        for configuration, folds in finished.items()
+    }
+    return {c: folds for c, folds in found.items() if folds}
 
 
 def _describe(trained: dict[str, list[str]]) -> str:
@@ -92,9 +86,10 @@ def choose_configuration(
         members = ensemble_members(configuration)
         choice = ensemble_name(members) if len(members) > 1 else configuration
     else:
-        selection = load_selection(experiment, project=project)
-        if selection is not None:
-            choice, members = selection.choice, tuple(selection.members)
+        with connect(project, read_only=True) as con:
+            chosen = selection(con, experiment)
+        if chosen is not None:
+            choice, members = chosen.choice, tuple(chosen.members)
         elif len(trained) == 1:
             choice = next(iter(trained))
             members = (choice,)
@@ -131,15 +126,14 @@ def choose_folds(experiment: str, configuration: str, folds, trained: dict[str, 
     return chosen
 
 
-def _check_plans_agree(configuration: str, folds: tuple[str, ...], plans: list[dict]) -> None:
-    first = plans[0]
+def _check_plans_agree(configuration: str, folds: tuple[str, ...], plans: list[ConfigurationPlan]) -> None:
     for fold, plan in zip(folds[1:], plans[1:], strict=True):
-        for key in PLAN_KEYS_THAT_MUST_AGREE:
-            if plan.get(key) != first.get(key):
-                raise PredictionError(
-                    f"{configuration}: fold {fold} was trained with a different plan than fold {folds[0]} "
-                    f"({key}: {plan.get(key)!r} vs {first.get(key)!r}); predict with --folds of one plan"
-                )
+        difference = plans[0].preprocessing_agrees(plan)
+        if difference:
+            raise PredictionError(
+                f"{configuration}: fold {fold} was trained with a different plan than fold {folds[0]} "
+                f"({difference}); predict with --folds of one plan"
+            )
 
 
 def load_models(
@@ -152,9 +146,6 @@ def load_models(
 ) -> PredictionModels:
     """Resolve and load everything a prediction needs (networks on `device`, default the spec's
     `predict.device`, in eval mode)."""
-    from engine.device import resolve_device
-    from engine.training.validation import load_network
-
     dataset, spec = experiment_spec(project, experiment)
     device = resolve_device(device or spec.predict.device)
     trained = trained_folds(project, experiment)
@@ -162,30 +153,13 @@ def load_models(
     members = []
     for name in member_names:
         chosen = choose_folds(experiment, name, folds, trained)
-        networks, plans = [], []
-        for fold in chosen:
-            network, state = load_network(project.run_dir(experiment, name, fold) / CHECKPOINT, device=device)
-            networks.append(network)
-            plans.append(state["plan"])
-        _check_plans_agree(name, chosen, plans)
-        members.append(ConfigurationModels(name, chosen, plans[0], tuple(networks)))
-    n_classes = {int(m.plan["num_classes"]) for m in members}
-    n_channels = {int(m.plan["n_channels"]) for m in members}
+        models = [load_trained_model(project.run_dir(experiment, name, f) / CHECKPOINT, device=device) for f in chosen]
+        _check_plans_agree(name, chosen, [m.plan for m in models])
+        members.append(ConfigurationModels(name, chosen, models[0].plan, tuple(m.network for m in models)))
+    n_classes = {m.plan.num_classes for m in members}
+    n_channels = {m.plan.n_channels for m in members}
     if len(n_classes) > 1 or len(n_channels) > 1:
         raise PredictionError(f"{choice}: its configurations disagree on channels or classes; cannot ensemble them")
     with connect(project, read_only=True) as con:
-        decision = load_postprocessing(con, experiment=experiment, configuration=choice)
+        decision = postprocessing_decision(con, experiment=experiment, configuration=choice)
     return PredictionModels(experiment, dataset, spec, choice, tuple(members), decision, device)
-
-
-def training_spacing_range(project: Project, dataset: str) -> tuple[list[float], list[float]] | None:
-    """Per-axis (min, max) spacing of the dataset's training cases, or None when the catalog has none."""
-    with connect(project, read_only=True) as con:
-        row = con.execute(
-            "SELECT [min(spacing[1]), min(spacing[2]), min(spacing[3])], "
-            "[max(spacing[1]), max(spacing[2]), max(spacing[3])] FROM cases WHERE dataset = ? AND split = 'train'",
-            [dataset],
-        ).fetchone()
-    if row is None or row[0] is None or row[0][0] is None:
-        return None
-    return list(row[0]), list(row[1])

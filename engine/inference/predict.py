@@ -27,8 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.catalog import connect
-from engine.evaluation.postprocessing import apply_postprocessing
-from engine.inference.export import write_probabilities, write_segmentation
+from engine.catalog.datasets import channel_names, training_spacing_range
+from engine.images import TWO_D_SPACING, Geometry, write_probabilities, write_segmentation
 from engine.inference.inputs import (
     InputCase,
     PredictionError,
@@ -37,11 +37,18 @@ from engine.inference.inputs import (
     list_input_cases,
     read_input_case,
 )
-from engine.inference.models import ConfigurationModels, PredictionModels, load_models, training_spacing_range
-from engine.ingest.reader import TWO_D_SPACING, Geometry
-from engine.preprocessing import preprocess_case, probabilities_to_segmentation, revert_probabilities
+from engine.inference.models import ConfigurationModels, PredictionModels, load_models
+from engine.inference.probabilities import predict_probabilities
+from engine.preprocessing import preprocess_case
 from engine.project import Project
 from engine.spec import ExperimentSpec
+from engine.volumes import (
+    apply_postprocessing,
+    argmax_segmentation,
+    mean_probabilities,
+    probabilities_to_segmentation,
+    revert_probabilities,
+)
 
 SPACING_WARN_FACTOR = 2.0  # warn when an axis' spacing is beyond half the smallest / twice the largest trained
 
@@ -75,9 +82,12 @@ def predict(
     if batch_windows is not None and batch_windows < 1:
         raise PredictionError(f"batch_windows must be at least 1, got {batch_windows}")
     models = load_models(experiment, project=project, configuration=configuration, folds=folds, device=device)
-    cases = list_input_cases(input_dir, n_channels=models.n_channels, channel_names=_channel_names(project, models))
+    with connect(project, read_only=True) as con:
+        names = channel_names(con, models.dataset)
+        spacing_range = training_spacing_range(con, models.dataset)
+    names = names if len(names) == models.n_channels else None
+    cases = list_input_cases(input_dir, n_channels=models.n_channels, channel_names=names)
     spec = _prediction_spec(models.spec, tta=tta, batch_windows=batch_windows)
-    spacing_range = training_spacing_range(project, models.dataset)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     written = []
@@ -100,13 +110,6 @@ def _prediction_spec(spec: ExperimentSpec, *, tta: bool | None, batch_windows: i
     if batch_windows is not None:
         changes["batch_windows"] = int(batch_windows)
     return dataclasses.replace(spec, predict=dataclasses.replace(spec.predict, **changes)) if changes else spec
-
-
-def _channel_names(project: Project, models: PredictionModels) -> list[str] | None:
-    with connect(project, read_only=True) as con:
-        rows = con.execute("SELECT name FROM channels WHERE dataset = ? ORDER BY channel", [models.dataset]).fetchall()
-    names = [r[0] for r in rows]
-    return names if len(names) == models.n_channels else None
 
 
 def check_spacing(case_id: str, spacing: Sequence[float], spacing_range) -> None:
@@ -132,8 +135,6 @@ def check_spacing(case_id: str, spacing: Sequence[float], spacing_range) -> None
 
 def member_probabilities(member: ConfigurationModels, image: np.ndarray, *, geometry: Geometry, spec, device):
     """(probabilities at plan spacing averaged over the member's folds, preprocessing properties)."""
-    from engine.training.validation import predict_probabilities
-
     data, _, properties = preprocess_case(image, spacing=geometry.spacing, plan=member.plan)
     probabilities = predict_probabilities(
         list(member.networks), data, plan=member.plan, spec=spec, device=device, tta=spec.predict.tta
@@ -159,16 +160,14 @@ def _predict_case(
         del image
         segmentation = probabilities_to_segmentation(probabilities, properties=properties, plan=member.plan)
     else:
-        total = None
-        for member in models.members:
+
+        def reverted(member: ConfigurationModels) -> np.ndarray:
             probabilities, properties = member_probabilities(member, image, geometry=geometry, spec=spec, device=device)
-            reverted = revert_probabilities(probabilities, properties=properties, plan=member.plan)
-            del probabilities
-            total = reverted if total is None else np.add(total, reverted, out=total)
+            return revert_probabilities(probabilities, properties=properties, plan=member.plan)
+
+        total = mean_probabilities(reverted(member) for member in models.members)
         del image
-        if len(models.members) > 1:
-            total /= len(models.members)
-        segmentation = total.argmax(0).astype(np.uint8 if total.shape[0] <= 255 else np.uint16)
+        segmentation = argmax_segmentation(total)
         if save:
             write_probabilities(total, output_dir / f"{case.case_id}.npz")
         del total

@@ -3,4 +3,6 @@
 from engine.ingest.errors import IngestError
 from engine.ingest.pipeline import IngestResult, ingest_dataset
 
+CODE_VERSION = "1"  # bump when this stage's results change: `voxelbase run` redoes the steps it performs
+
 __all__ = ["IngestError", "IngestResult", "ingest_dataset"]

@@ -5,16 +5,14 @@ Runs in worker processes; it returns catalog rows to the main process and never 
 
 from __future__ import annotations
 
-import hashlib
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from engine.images import Geometry, ImageFileError, file_hash, read_channels, read_label
 from engine.ingest.errors import IngestError
 from engine.ingest.layouts import CaseSource
-from engine.ingest.reader import Geometry, read_image
 from engine.store.layout import spatial_chunks, write_case
 
 SAMPLES_PER_CASE = 10_000  # foreground intensity samples per case and channel, drawn with replacement
@@ -31,30 +29,11 @@ class CaseRecord:
     samples: list[np.ndarray] = field(default_factory=list)  # per channel, float32
 
 
-def file_hash(paths: list[Path], *, check_gzip: bool = False) -> str:
-    """sha256 over the files' bytes; with `check_gzip`, also proves each .gz stream is complete.
-
-    ITK's NIfTI reader silently zero-fills a truncated .nii.gz, so completeness is checked here, in the
-    same pass that reads the bytes for the hash.
-    """
-    digest = hashlib.sha256()
-    for path in paths:
-        inflater = zlib.decompressobj(wbits=47) if check_gzip and path.name.endswith(".gz") else None
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-                if inflater is not None:
-                    try:
-                        while block and not inflater.eof:
-                            inflater.decompress(block, 1 << 22)
-                            block = inflater.unconsumed_tail
-                    except zlib.error as error:
-                        raise IngestError(
-                            f"{path}: unreadable or truncated image file (corrupt gzip data: {error})"
-                        ) from error
-        if inflater is not None and not inflater.eof:
-            raise IngestError(f"{path}: unreadable or truncated image file (the gzip stream ends early)")
-    return digest.hexdigest()
+def _content_hash(files: list[Path]) -> str:
+    try:
+        return file_hash(files, check_gzip=True)
+    except ImageFileError as error:
+        raise IngestError(str(error)) from error
 
 
 def smallest_label_dtype(max_value: int) -> np.dtype:
@@ -75,59 +54,26 @@ def crop_bbox(image: np.ndarray) -> tuple[int, ...]:
     return tuple(box)
 
 
-def _read_channels(source: CaseSource) -> tuple[np.ndarray, Geometry]:
-    if source.four_d:
-        return read_image(source.image_files[0], four_d=True)
-    arrays, geometry = [], None
-    for path in source.image_files:
-        array, geo = read_image(path)
-        if geometry is None:
-            geometry, first = geo, path
-        else:
-            if array.shape != arrays[0].shape:
-                raise IngestError(f"{path}: shape {array.shape} differs from {first.name} {arrays[0].shape}")
-            problem = geometry.mismatch(geo)
-            if problem:
-                raise IngestError(f"{path}: geometry differs from {first.name}: {problem}")
-        arrays.append(array)
-    dtype = np.result_type(*[a.dtype for a in arrays])
-    return np.stack([a.astype(dtype, copy=False) for a in arrays]), geometry
-
-
-def _read_label(source: CaseSource, image: np.ndarray, geometry: Geometry, declared: frozenset[int]) -> np.ndarray:
-    path = source.label_file
-    label, label_geometry = read_image(path)
-    if label.shape != image.shape[1:]:
-        raise IngestError(f"{path}: label shape {label.shape} differs from image shape {image.shape[1:]}")
-    problem = geometry.mismatch(label_geometry)
-    if problem:
-        raise IngestError(f"{path}: label geometry differs from the image: {problem}")
-    if label.dtype.kind == "f":
-        if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
-            raise IngestError(f"{path}: label holds non-integer values")
-    values = np.unique(label)
-    unknown = sorted(int(v) for v in values if int(v) not in declared)
-    if unknown:
-        raise IngestError(
-            f"{path}: label values {unknown} are not declared in dataset.json (declared: {sorted(declared)})"
-        )
-    return label.astype(smallest_label_dtype(max(declared)), copy=False)
+def _read_case(source: CaseSource, *, declared: frozenset[int]) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+    try:
+        image, geometry = read_channels(source.image_files, four_d=source.four_d)
+        label = None
+        if source.label_file:
+            label = read_label(source.label_file, shape=image.shape[1:], geometry=geometry, declared=declared)
+    except ImageFileError as error:
+        raise IngestError(str(error)) from error
+    return image, label, geometry
 
 
 def ingest_case(source: CaseSource, staging: Path, *, declared: frozenset[int], n_channels: int) -> CaseRecord:
     """Read, validate, measure and store one case under `staging/<case_id>`."""
-    image, geometry = _read_channels(source)
+    image, label, geometry = _read_case(source, declared=declared)
     if image.shape[0] != n_channels:
         raise IngestError(
             f"{source.image_files[0]}: has {image.shape[0]} channel(s), dataset.json declares {n_channels}"
         )
-    if image.dtype.kind == "f":
-        bad = ~np.isfinite(image)
-        if bad.any():
-            channel = int(np.argwhere(bad)[0][0])
-            path = source.image_files[min(channel, len(source.image_files) - 1)]
-            raise IngestError(f"{path}: {int(bad.sum())} NaN or infinite voxel(s)")
-    label = _read_label(source, image, geometry, declared) if source.label_file else None
+    if label is not None:
+        label = label.astype(smallest_label_dtype(max(declared)), copy=False)
 
     write_case(staging / source.case_id, image, label, spatial_chunk_shape=spatial_chunks(image.shape[1:]))
     files = [*source.image_files, *([source.label_file] if source.label_file else [])]
@@ -145,7 +91,7 @@ def ingest_case(source: CaseSource, staging: Path, *, declared: frozenset[int], 
             "image_files": [str(p) for p in source.image_files],
             "label_file": str(source.label_file) if source.label_file else None,
             "source_bytes": sum(p.stat().st_size for p in files),
-            "content_hash": file_hash(files, check_gzip=True),
+            "content_hash": _content_hash(files),
         }
     )
     if label is not None:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.catalog.datasets import LabelRow, has_region_labels, ignore_label_of
 from engine.ingest.errors import IngestError
 
 SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -18,12 +19,7 @@ NNUNET_REQUIRED = ("channel_names", "labels", "numTraining", "file_ending")
 MSD_REQUIRED = ("modality", "labels", "training")
 
 
-@dataclass(frozen=True)
-class LabelDef:
-    name: str
-    value: int | None  # None for a region label
-    region_values: tuple[int, ...] | None = None
-    is_ignore: bool = False
+LabelDef = LabelRow  # ingest reads what the catalog records
 
 
 @dataclass(frozen=True)
@@ -60,11 +56,11 @@ class DatasetSource:
 
     @property
     def ignore_label(self) -> int | None:
-        return next((label.value for label in self.labels if label.is_ignore), None)
+        return ignore_label_of(self.labels)
 
     @property
     def has_regions(self) -> bool:
-        return any(label.region_values is not None for label in self.labels)
+        return has_region_labels(self.labels)
 
 
 def check_case_id(case_id: str, *, where: Path) -> str:

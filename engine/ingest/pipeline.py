@@ -7,41 +7,29 @@ swap the staging folder into place, so an error, a crash or Ctrl-C leaves earlie
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
-import duckdb
-import numpy as np
-import pyarrow as pa
 from tqdm import tqdm
 
-from engine.catalog.connection import open_connection
-from engine.ingest.case import CaseRecord, file_hash, ingest_case
+from engine.catalog import connect, transaction
+from engine.catalog.datasets import DatasetRows, dataset_content_hash, replace_dataset
+from engine.images import file_hash
+from engine.ingest.case import CaseRecord, ingest_case
 from engine.ingest.errors import IngestError
 from engine.ingest.layouts import DatasetSource, check_case_id, discover
+from engine.parallel import completed, worker_count
 from engine.project import Project
 from engine.store.layout import dataset_dir
 
 HASH_MARKER = ".content_hash"
-DATASET_TABLES = (
-    "intensity_samples",
-    "foreground_stats",
-    "label_stats",
-    "cases",
-    "labels",
-    "channels",
-    "splits",
-    "datasets",
-)
 
 
 @dataclass(frozen=True)
@@ -73,12 +61,8 @@ def dataset_hash(source: DatasetSource, case_hashes: dict[str, str]) -> str:
 def _existing_hash(project: Project, name: str) -> str | None:
     if not project.catalog_path.exists():
         return None
-    con = open_connection(project)
-    try:
-        row = con.execute("SELECT content_hash FROM datasets WHERE name = ?", [name]).fetchone()
-    finally:
-        con.close()
-    return row[0] if row else None
+    with connect(project, read_only=True) as con:
+        return dataset_content_hash(con, name)
 
 
 def ingest_dataset(
@@ -163,62 +147,16 @@ def _counts(source: DatasetSource) -> tuple[int, int]:
 
 
 def _ingest_cases(source: DatasetSource, staging: Path, *, workers: int | None) -> list[CaseRecord]:
-    workers = max(1, min(workers or os.cpu_count() or 1, len(source.cases)))
-    kwargs = {"declared": source.declared_values, "n_channels": len(source.channel_names)}
-    progress = tqdm(total=len(source.cases), desc="ingest", unit="case", disable=None)
+    """Every case through `ingest_case` in worker processes; the first bad case stops the others."""
+    work = functools.partial(
+        ingest_case, staging=staging, declared=source.declared_values, n_channels=len(source.channel_names)
+    )
     records: list[CaseRecord] = []
-    try:
-        if workers == 1:
-            for case in source.cases:
-                records.append(ingest_case(case, staging, **kwargs))
-                progress.update()
-            return records
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            pending = {pool.submit(ingest_case, case, staging, **kwargs) for case in source.cases}
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for future in done:
-                        records.append(future.result())  # re-raises a worker's IngestError
-                        progress.update()
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
-    finally:
-        progress.close()
+    with tqdm(total=len(source.cases), desc="ingest", unit="case", disable=None) as progress:
+        for _, result in completed(work, source.cases, workers=worker_count(workers, tasks=len(source.cases))):
+            records.append(result())  # re-raises a worker's IngestError
+            progress.update()
     return sorted(records, key=lambda r: r.case["case_id"])
-
-
-def _rows_to_arrow(rows: list[dict], schema: dict[str, pa.DataType]) -> pa.Table:
-    return pa.table({key: pa.array([row[key] for row in rows], type=dtype) for key, dtype in schema.items()})
-
-
-def _insert(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
-    con.register("incoming", data)
-    try:
-        columns = ", ".join(data.column_names)
-        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming")
-    finally:
-        con.unregister("incoming")
-
-
-CASE_SCHEMA = {
-    "dataset": pa.string(),
-    "case_id": pa.string(),
-    "split": pa.string(),
-    "shape": pa.list_(pa.int32()),
-    "spacing": pa.list_(pa.float64()),
-    "origin": pa.list_(pa.float64()),
-    "direction": pa.list_(pa.float64()),
-    "crop_bbox": pa.list_(pa.int32()),
-    "image_dtype": pa.string(),
-    "label_dtype": pa.string(),
-    "image_files": pa.list_(pa.string()),
-    "label_file": pa.string(),
-    "source_bytes": pa.int64(),
-    "content_hash": pa.string(),
-}
 
 
 def _commit(
@@ -229,95 +167,20 @@ def _commit(
     The catalog is the source of truth: the hash marker lets a later ingest finish a swap that a crash cut short.
     """
     (staging / HASH_MARKER).write_text(content_hash)
-    con = open_connection(project)
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _write_rows(con, name, source, records, content_hash)
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):  # a failed COMMIT has already rolled back
-                con.execute("ROLLBACK")
-            raise
-    finally:
-        con.close()
+    rows = DatasetRows(
+        name=name,
+        source=str(source.root),
+        layout=source.layout,
+        file_ending=source.file_ending,
+        channel_names=source.channel_names,
+        labels=source.labels,
+        description=source.description,
+        content_hash=content_hash,
+        cases=[r.case for r in records],
+        label_stats=[(r.case["case_id"], v, n) for r in records for v, n in r.label_stats],
+        foreground=[{"case_id": r.case["case_id"], **f} for r in records for f in r.foreground],
+        samples=[(r.case["case_id"], c, values) for r in records for c, values in enumerate(r.samples)],
+    )
+    with transaction(project) as con:
+        replace_dataset(con, rows)
     _swap_in(staging, dataset_dir(project, name) / "raw")
-
-
-def _write_rows(
-    con: duckdb.DuckDBPyConnection, name: str, source: DatasetSource, records: list[CaseRecord], content_hash: str
-) -> None:
-    for table in DATASET_TABLES:
-        con.execute(f"DELETE FROM {table} WHERE {'name' if table == 'datasets' else 'dataset'} = ?", [name])
-    con.execute(
-        "INSERT INTO datasets (name, source, layout, file_ending, n_channels, content_hash, ignore_label, has_regions,"
-        " description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            name,
-            str(source.root),
-            source.layout,
-            source.file_ending,
-            len(source.channel_names),
-            content_hash,
-            source.ignore_label,
-            source.has_regions,
-            json.dumps(source.description),
-        ],
-    )
-    con.executemany("INSERT INTO channels VALUES (?, ?, ?)", [[name, i, c] for i, c in enumerate(source.channel_names)])
-    con.executemany(
-        "INSERT INTO labels (dataset, value, name, region_values, is_ignore) VALUES (?, ?, ?, ?, ?)",
-        [
-            [name, lab.value, lab.name, list(lab.region_values) if lab.region_values else None, lab.is_ignore]
-            for lab in source.labels
-        ],
-    )
-    _insert(con, "cases", _rows_to_arrow([{"dataset": name, **r.case} for r in records], CASE_SCHEMA))
-    stats = [(r.case["case_id"], v, n) for r in records for v, n in r.label_stats]
-    _insert(
-        con,
-        "label_stats",
-        pa.table(
-            {
-                "dataset": pa.array([name] * len(stats), pa.string()),
-                "case_id": pa.array([s[0] for s in stats], pa.string()),
-                "label": pa.array([s[1] for s in stats], pa.int32()),
-                "voxels": pa.array([s[2] for s in stats], pa.int64()),
-            }
-        ),
-    )
-    foreground = [{"dataset": name, "case_id": r.case["case_id"], **f} for r in records for f in r.foreground]
-    _insert(
-        con,
-        "foreground_stats",
-        _rows_to_arrow(
-            foreground,
-            {
-                "dataset": pa.string(),
-                "case_id": pa.string(),
-                "channel": pa.int32(),
-                "voxels": pa.int64(),
-                "min": pa.float64(),
-                "max": pa.float64(),
-                "mean": pa.float64(),
-                "std": pa.float64(),
-            },
-        ),
-    )
-    for record in records:
-        for channel, values in enumerate(record.samples):
-            if values.size:
-                _insert(
-                    con,
-                    "intensity_samples",
-                    pa.table(
-                        {
-                            "dataset": pa.array(np.full(values.size, name, dtype=object), pa.string()),
-                            "case_id": pa.array(
-                                np.full(values.size, record.case["case_id"], dtype=object), pa.string()
-                            ),
-                            "channel": pa.array(np.full(values.size, channel, np.int32)),
-                            "value": pa.array(values, pa.float32()),
-                        }
-                    ),
-                )

@@ -15,9 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from engine.catalog import connect, transaction
+from engine.catalog.datasets import dataset_content_hash
+from engine.catalog.plans import (
+    configuration_plan,
+    dataset_splits,
+    has_splits,
+    newest_plan_name,
+    planned_configurations,
+    replace_plans,
+    write_splits,
+)
+from engine.plan import ConfigurationPlan, Plan
 from engine.planning.fingerprint import load_fingerprint
 from engine.planning.presets import PlanningError, get_preset, plan_name
 from engine.planning.rules import plan_experiment
@@ -31,7 +40,7 @@ CONFIGURATION_ORDER = ("2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres")
 class PlanResult:
     dataset: str
     plan: str
-    configurations: dict[str, dict[str, Any]]
+    configurations: dict[str, ConfigurationPlan]
     artifact: Path
     splits_written: bool
 
@@ -40,20 +49,19 @@ class PlanResult:
         out = []
         for name in _ordered(self.configurations):
             c = self.configurations[name]
-            arch = c["architecture"]
             out.append(
                 {
                     "configuration": name,
-                    "spacing": "x".join(f"{s:.3g}" for s in c["spacing"]),
-                    "patch_size": "x".join(str(p) for p in c["patch_size"]),
-                    "batch": c["batch_size"],
-                    "stages": arch["n_stages"],
-                    "features": "-".join(str(f) for f in arch["features_per_stage"]),
-                    "batch_dice": c["batch_dice"],
+                    "spacing": "x".join(f"{s:.3g}" for s in c.spacing),
+                    "patch_size": "x".join(str(p) for p in c.patch_size),
+                    "batch": c.batch_size,
+                    "stages": c.architecture.n_stages,
+                    "features": "-".join(str(f) for f in c.architecture.features_per_stage),
+                    "batch_dice": c.batch_dice,
                     "normalization": ",".join(
-                        n["scheme"] + ("(mask)" if n["use_nonzero_mask"] else "") for n in c["normalization"]
+                        n.scheme + ("(mask)" if n.use_nonzero_mask else "") for n in c.normalization
                     ),
-                    "previous": c["previous_stage"] or "",
+                    "previous": c.previous_stage or "",
                 }
             )
         return out
@@ -67,61 +75,9 @@ def _artifact_path(project: Project, dataset: str, plan: str) -> Path:
     return project.plans_path / dataset / f"{plan}.json"
 
 
-def _artifact_text(configurations: dict[str, dict[str, Any]]) -> str:
-    ordered = {name: configurations[name] for name in _ordered(configurations)}
-    return json.dumps({"configurations": ordered}, indent=2, sort_keys=False) + "\n"
-
-
-def _write_plans(con: duckdb.DuckDBPyConnection, dataset: str, plan: str, configs: dict[str, dict]) -> None:
-    """Replace the rows of this dataset and plan, unless they already hold exactly these plans."""
-    existing = dict(
-        con.execute(
-            "SELECT configuration, plan_json FROM plans WHERE dataset = ? AND plan = ?", [dataset, plan]
-        ).fetchall()
-    )
-    if set(existing) == set(configs) and all(json.loads(existing[n]) == configs[n] for n in configs):
-        return
-    con.execute("DELETE FROM plans WHERE dataset = ? AND plan = ?", [dataset, plan])
-    for name in _ordered(configs):
-        c = configs[name]
-        arch = c["architecture"]
-        con.execute(
-            "INSERT INTO plans (dataset, plan, configuration, spacing, patch_size, batch_size, median_shape, "
-            "n_stages, features_per_stage, strides, kernel_sizes, normalization, batch_dice, dataset_hash, plan_json) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                dataset,
-                plan,
-                name,
-                c["spacing"],
-                c["patch_size"],
-                c["batch_size"],
-                c["median_image_size_in_voxels"],
-                arch["n_stages"],
-                arch["features_per_stage"],
-                arch["strides"],
-                arch["kernel_sizes"],
-                [n["scheme"] for n in c["normalization"]],
-                c["batch_dice"],
-                c["dataset_hash"],
-                json.dumps(c),
-            ],
-        )
-
-
-def _write_splits(con: duckdb.DuckDBPyConnection, dataset: str, case_ids: list[str]) -> bool:
-    """nnU-Net's default folds for the training cases, unless the dataset has splits already (or < 5 cases)."""
-    if con.execute("SELECT count(*) FROM splits WHERE dataset = ?", [dataset]).fetchone()[0]:
-        return False
-    if len(case_ids) < N_FOLDS:
-        return False
-    for fold, split in enumerate(default_splits(case_ids)):
-        for role in ("train", "val"):
-            con.executemany(
-                "INSERT INTO splits (dataset, fold, case_id, role) VALUES (?, ?, ?, ?)",
-                [[dataset, str(fold), case_id, role] for case_id in split[role]],
-            )
-    return True
+def _artifact_text(configurations: dict[str, ConfigurationPlan]) -> str:
+    plan = Plan({name: configurations[name] for name in _ordered(configurations)})
+    return json.dumps(plan.to_dict(), indent=2, sort_keys=False) + "\n"
 
 
 def plan_dataset(
@@ -149,15 +105,18 @@ def plan_dataset(
     with transaction(resolved) as con:
         fingerprint = load_fingerprint(con, name)
         fingerprint["plan"] = plan
-        configs = plan_experiment(fingerprint, preset=chosen.name, gpu_memory_gb=memory)
+        planned = plan_experiment(fingerprint, preset=chosen.name, gpu_memory_gb=memory)
+        configs = {name: ConfigurationPlan.from_dict(planned[name]) for name in _ordered(planned)}
         text = _artifact_text(configs)
         artifact.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=artifact.parent, prefix=f".{plan}.", suffix=".tmp")
         try:
             with os.fdopen(handle, "w") as out:
                 out.write(text)
-            _write_plans(con, name, plan, configs)
-            splits_written = _write_splits(con, name, fingerprint["case_ids"])
+            replace_plans(con, name, plan, configs)
+            splits_written = not has_splits(con, name) and len(fingerprint["case_ids"]) >= N_FOLDS
+            if splits_written:  # nnU-Net's default folds, unless the dataset has splits already (or < 5 cases)
+                write_splits(con, name, default_splits(fingerprint["case_ids"]))
         except BaseException:
             os.unlink(tmp)
             raise
@@ -172,58 +131,50 @@ def load_plan(
     configuration: str,
     plan: str | None = None,
     current: bool = False,
-) -> dict[str, Any]:
-    """The plan artifact of one configuration; the newest plan of the dataset when `plan` is None.
+) -> ConfigurationPlan:
+    """The plan of one configuration; the newest plan of the dataset when `plan` is None.
 
     With `current`, a plan made before the dataset was last re-ingested is refused as stale.
     """
     with connect(project, read_only=True) as con:
-        found = con.execute("SELECT content_hash FROM datasets WHERE name = ?", [dataset]).fetchone()
-        if found is None:
+        content_hash = dataset_content_hash(con, dataset)
+        if content_hash is None:
             raise PlanningError(f"dataset {dataset!r} does not exist: voxelbase ingest SOURCE --name {dataset}")
+        plan = plan or newest_plan_name(con, dataset)
         if plan is None:
-            row = con.execute(
-                "SELECT plan FROM plans WHERE dataset = ? GROUP BY plan ORDER BY max(created_at) DESC, plan LIMIT 1",
-                [dataset],
-            ).fetchone()
-            if row is None:
-                raise PlanningError(f"dataset {dataset!r} has no plans yet: run voxelbase plan {dataset}")
-            plan = row[0]
-        row = con.execute(
-            "SELECT plan_json, dataset_hash FROM plans WHERE dataset = ? AND plan = ? AND configuration = ?",
-            [dataset, plan, configuration],
-        ).fetchone()
-        if row is None:
-            have = [
-                r[0]
-                for r in con.execute(
-                    "SELECT configuration FROM plans WHERE dataset = ? AND plan = ? ORDER BY configuration",
-                    [dataset, plan],
-                ).fetchall()
-            ]
-            raise PlanningError(
-                f"configuration {configuration!r} was never planned in plan {plan!r} of dataset {dataset!r}"
-                + (f" (it has: {', '.join(have)})" if have else f"; run voxelbase plan {dataset}")
-            )
-    if current and row[1] != found[0]:
+            raise PlanningError(f"dataset {dataset!r} has no plans yet: run voxelbase plan {dataset}")
+        found = configuration_plan(con, dataset, plan, configuration)
+        have = [] if found is not None else planned_configurations(con, dataset, plan)
+    if found is None:
+        raise PlanningError(
+            f"configuration {configuration!r} was never planned in plan {plan!r} of dataset {dataset!r}"
+            + (f" (it has: {', '.join(have)})" if have else f"; run voxelbase plan {dataset}")
+        )
+    if current and found.dataset_hash != content_hash:
         raise PlanningError(
             f"plan {plan!r} is stale: dataset {dataset!r} was re-ingested after it was planned "
-            f"(plan made from content {row[1][:12]}, dataset now {found[0][:12]}); re-plan first: voxelbase plan {dataset}"
+            f"(plan made from content {(found.dataset_hash or '')[:12]}, dataset now {content_hash[:12]}); "
+            f"re-plan first: voxelbase plan {dataset}"
         )
-    return json.loads(row[0])
+    return found
 
 
 def load_splits(project: Project | str | None, dataset: str) -> dict[str, dict[str, list[str]]]:
     """{fold: {'train': [...], 'val': [...]}} with case ids sorted; folds '0'..'4' unless the user made others."""
     with connect(project, read_only=True) as con:
-        rows = con.execute(
-            "SELECT fold, role, case_id FROM splits WHERE dataset = ? ORDER BY fold, role, case_id", [dataset]
-        ).fetchall()
-    if not rows:
+        folds = dataset_splits(con, dataset)
+    if not folds:
         raise PlanningError(f"dataset {dataset!r} has no splits: run voxelbase plan {dataset} (needs >= 5 cases)")
-    folds: dict[str, dict[str, list[str]]] = {}
-    for fold, role, case_id in rows:
-        folds.setdefault(fold, {"train": [], "val": []}).setdefault(role, []).append(case_id)
-    return dict(
-        sorted(folds.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0]))
-    )
+    return folds
+
+
+def fold_case_ids(project: Project | str | None, dataset: str, fold: str) -> tuple[list[str], list[str]]:
+    """(train, validation) case ids of a fold; fold 'all' trains on every labelled case and validates on them too."""
+    splits = load_splits(project, dataset)
+    if fold == "all":
+        first = next(iter(splits.values()))
+        everything = sorted(set(first["train"]) | set(first["val"]))
+        return everything, everything
+    if fold not in splits:
+        raise PlanningError(f"fold {fold!r} is not among the splits of dataset {dataset!r} (folds: {', '.join(splits)})")
+    return splits[fold]["train"], splits[fold]["val"]

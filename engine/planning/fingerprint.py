@@ -13,41 +13,21 @@ from typing import Any
 
 import duckdb
 
+from engine.catalog.datasets import dataset_names, fingerprint_rows
 from engine.planning.presets import PlanningError
-
-
-def _labels(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, Any]:
-    rows = con.execute(
-        "SELECT name, value, region_values, is_ignore FROM labels WHERE dataset = ? "
-        "ORDER BY is_ignore, coalesce(value, list_min(region_values)), name",
-        [dataset],
-    ).fetchall()
-    labels: dict[str, Any] = {}
-    for name, value, regions, _ignore in rows:
-        labels[name] = list(regions) if value is None and regions is not None else value
-    return labels
 
 
 def load_fingerprint(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, Any]:
     """The fingerprint of `dataset` from SQL, or a PlanningError saying why it cannot be planned."""
-    found = con.execute("SELECT name, content_hash, n_channels FROM datasets WHERE name = ?", [dataset]).fetchone()
-    if found is None:
-        known = [row[0] for row in con.execute("SELECT name FROM datasets ORDER BY name").fetchall()]
+    rows = fingerprint_rows(con, dataset)
+    if rows is None:
+        known = dataset_names(con)
         hint = f"known datasets: {', '.join(known)}" if known else "the catalog has no datasets yet"
         raise PlanningError(
             f"dataset {dataset!r} does not exist ({hint}); ingest it first: voxelbase ingest SOURCE --name {dataset}"
         )
-    _, content_hash, n_channels = found
-
-    cases = con.execute(
-        "SELECT case_id, spacing, shape_after_crop, relative_size_after_crop, foreground_voxels "
-        "FROM fingerprint_cases WHERE dataset = ? ORDER BY case_id",
-        [dataset],
-    ).fetchall()
-    labelled = con.execute(
-        "SELECT count(*) FROM cases WHERE dataset = ? AND split = 'train' AND label_file IS NOT NULL", [dataset]
-    ).fetchone()[0]
-    if not cases or labelled == 0:
+    cases, n_channels = rows.cases, rows.n_channels
+    if not cases or rows.n_labelled == 0:
         raise PlanningError(
             f"dataset {dataset!r} has no labelled training cases (imagesTr with labelsTr); nothing to plan from"
         )
@@ -63,25 +43,11 @@ def load_fingerprint(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, 
             f"dataset {dataset!r} has no labelled training cases: every training label is background only "
             "(no voxel > 0); nothing to plan from"
         )
-
-    summary = con.execute(
-        "SELECT median_relative_size_after_cropping FROM fingerprint WHERE dataset = ?", [dataset]
-    ).fetchone()
-    intensity = con.execute(
-        "SELECT channel, channel_name, mean, std, median, min, max, percentile_00_5, percentile_99_5 "
-        "FROM fingerprint_intensity WHERE dataset = ? ORDER BY channel",
-        [dataset],
-    ).fetchall()
-    channel_names = {
-        str(channel): name
-        for channel, name in con.execute(
-            "SELECT channel, name FROM channels WHERE dataset = ? ORDER BY channel", [dataset]
-        ).fetchall()
-    }
+    channel_names = rows.channel_names
     if len(channel_names) != n_channels:
         channel_names = {str(c): channel_names.get(str(c), f"channel_{c}") for c in range(n_channels)}
     properties: dict[str, dict[str, float]] = {}
-    for channel, name, mean, std, median, lo, hi, p005, p995 in intensity:
+    for channel, name, mean, std, median, lo, hi, p005, p995 in rows.intensity:
         if lo is None or hi is None or lo == hi:
             raise PlanningError(
                 f"dataset {dataset!r}: channel {channel} ({name}) is constant ({lo}) over all foreground voxels; "
@@ -101,13 +67,13 @@ def load_fingerprint(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, 
         raise PlanningError(f"dataset {dataset!r}: no foreground intensity statistics for channel(s) {missing}")
     return {
         "dataset": dataset,
-        "dataset_hash": content_hash,
+        "dataset_hash": rows.content_hash,
         "case_ids": [row[0] for row in cases],
         "spacings": [list(map(float, row[1])) for row in cases],
         "shapes_after_crop": [list(map(int, row[2])) for row in cases],
-        "median_relative_size_after_cropping": float(summary[0]),
+        "median_relative_size_after_cropping": float(rows.median_relative_size_after_cropping),
         "foreground_intensity_properties_per_channel": properties,
         "channel_names": channel_names,
-        "labels": _labels(con, dataset),
+        "labels": rows.labels,
         "num_training": len(cases),
     }

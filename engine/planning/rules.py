@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.plan import ANISOTROPY_THRESHOLD, DEFAULT_RESAMPLING
 from engine.planning.presets import PlanningError, Preset, get_preset
 from engine.planning.topology import (
     MIN_FEATURE_MAP_EDGE,
@@ -26,7 +27,6 @@ from engine.planning.topology import (
     pool_and_conv_layout,
 )
 
-ANISOTROPY_THRESHOLD = 3.0
 LOWRES_THRESHOLD = 0.25  # a lowres stage when the fullres patch covers less than this of the median image
 LOWRES_SPACING_STEP = 1.03
 NONZERO_MASK_THRESHOLD = 0.75  # crop keeps less than this of the image -> normalise inside the nonzero mask
@@ -42,14 +42,6 @@ _SCHEME_BY_CHANNEL = {
 # schemes that leave voxels outside the nonzero mask at 0 and may therefore use it
 _MASKABLE_SCHEMES = {"zscore"}
 
-RESAMPLING = {
-    "image_order": 3,
-    "label_order": 1,
-    "probabilities_order": 1,
-    "order_z": 0,
-    "force_separate_z": None,
-    "anisotropy_threshold": ANISOTROPY_THRESHOLD,
-}
 
 
 def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:
@@ -289,9 +281,9 @@ def plan_experiment(
         if lowres is not None:
             lowres["batch_dice"] = False
 
-    plan_2d = plan_configuration(spacing_t[1:], median_t[1:], approx_dataset_voxels=dataset_voxels, **common)
-    plan_2d["batch_dice"] = True
-    configs["2d"] = _finish(plan_2d, fingerprint, chosen, memory, "2d", forward, backward)
+    config_2d = plan_configuration(spacing_t[1:], median_t[1:], approx_dataset_voxels=dataset_voxels, **common)
+    config_2d["batch_dice"] = True
+    configs["2d"] = _finish(config_2d, fingerprint, chosen, memory, "2d", forward, backward)
     if lowres is not None:
         configs["3d_lowres"] = _finish(lowres, fingerprint, chosen, memory, "3d_lowres", forward, backward)
         configs["3d_lowres"]["next_stage"] = "3d_cascade_fullres"
@@ -335,7 +327,7 @@ def _finish(
         "labels": labels,
         "num_classes": _num_classes(labels),
         "normalization": normalization(fingerprint),
-        "resampling": dict(RESAMPLING),
+        "resampling": dict(DEFAULT_RESAMPLING),
         "architecture": {
             "network": preset.network,
             "conv_dims": dim,

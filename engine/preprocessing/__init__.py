@@ -1,17 +1,8 @@
-"""Preprocessing stage: crop to nonzero, normalize, resample to the plan's spacing (and back, for export)."""
+"""Preprocessing stage: crop to nonzero, normalize, resample to the plan's spacing (undoing it is `engine.volumes`)."""
 
 from engine.preprocessing.case import preprocess_case
-from engine.preprocessing.revert import (
-    probabilities_to_segmentation,
-    revert_probabilities,
-    revert_segmentation,
-    revert_to_original,
-)
+from engine.preprocessing.records import PREPROCESSING_VERSION
 
-__all__ = [
-    "preprocess_case",
-    "probabilities_to_segmentation",
-    "revert_probabilities",
-    "revert_segmentation",
-    "revert_to_original",
-]
+CODE_VERSION = PREPROCESSING_VERSION  # bump (in records) when preprocessed numbers change: stored cases are redone
+
+__all__ = ["CODE_VERSION", "preprocess_case"]

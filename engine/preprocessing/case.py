@@ -10,35 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.planning.rules import RESAMPLING
+from engine.plan import ConfigurationPlan
 from engine.preprocessing.class_locations import sample_class_locations
 from engine.preprocessing.crop import crop_to_nonzero
 from engine.preprocessing.normalize import normalize
-from engine.preprocessing.resample import compute_new_shape, resample_image, resample_label
-
-DEFAULT_RESAMPLING = RESAMPLING  # what a plan without a `resampling` entry gets: the planner's own default
-
-
-def resampling_settings(plan: dict) -> dict:
-    """The plan's `resampling` entry with nnU-Net's defaults for anything it leaves out."""
-    return {**DEFAULT_RESAMPLING, **(plan.get("resampling") or {})}
-
-
-def target_spacing(plan: dict, spacing: Sequence[float]) -> tuple[float, ...]:
-    """The plan's (z, y, x) spacing; a 2-D plan keeps the case's own slice spacing along z."""
-    planned = [float(s) for s in plan["spacing"]]
-    if len(planned) == 2:
-        planned = [float(spacing[0]), *planned]
-    return tuple(planned)
-
-
-def foreground_labels(plan: dict) -> list[int]:
-    """Label values to sample locations for: every declared label except background (0) and an 'ignore' label."""
-    values = []
-    for name, value in (plan.get("labels") or {}).items():
-        if isinstance(value, int) and value != 0 and name != "ignore":
-            values.append(value)
-    return sorted(set(values))
+from engine.volumes.resample import compute_new_shape, resample_image, resample_label
 
 
 def preprocess_case(
@@ -46,7 +22,7 @@ def preprocess_case(
     label: np.ndarray | None = None,
     *,
     spacing: Sequence[float],
-    plan: dict,
+    plan: ConfigurationPlan,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Preprocess one (C, Z, Y, X) image and optional (Z, Y, X) label with a configuration's plan.
 
@@ -61,24 +37,24 @@ def preprocess_case(
         raise ValueError(f"label shape {label.shape} differs from the image's {image.shape[1:]}")
     spacing = tuple(float(s) for s in spacing)
     cropped = crop_to_nonzero(image, label)
-    new_spacing = target_spacing(plan, spacing)
+    new_spacing = plan.target_spacing(spacing)
     new_shape = compute_new_shape(cropped.image.shape[1:], spacing=spacing, new_spacing=new_spacing)
-    normalized = normalize(cropped.image, entries=plan["normalization"], mask=cropped.label >= 0)
-    settings = resampling_settings(plan)
+    normalized = normalize(cropped.image, entries=plan.normalization, mask=cropped.label >= 0)
+    settings = plan.resampling
     common = {
         "spacing": spacing,
         "new_spacing": new_spacing,
-        "order_z": settings["order_z"],
-        "force_separate_z": settings["force_separate_z"],
-        "anisotropy_threshold": settings["anisotropy_threshold"],
+        "order_z": settings.order_z,
+        "force_separate_z": settings.force_separate_z,
+        "anisotropy_threshold": settings.anisotropy_threshold,
     }
-    out_image = resample_image(normalized, new_shape, order=settings["image_order"], **common)
+    out_image = resample_image(normalized, new_shape, order=settings.image_order, **common)
     del normalized
     out_label = None
     locations: dict[int, np.ndarray] = {}
     if label is not None:
-        out_label = resample_label(cropped.label, new_shape, order=settings["label_order"], **common)
-        locations = sample_class_locations(out_label, foreground_labels(plan))
+        out_label = resample_label(cropped.label, new_shape, order=settings.label_order, **common)
+        locations = sample_class_locations(out_label, plan.sampled_labels)
     properties = {
         "spacing": list(spacing),
         "target_spacing": list(new_spacing),

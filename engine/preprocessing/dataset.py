@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,9 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.catalog import transaction
+from engine.catalog.preprocessed import write_preprocessed_case
+from engine.parallel import completed, worker_count
+from engine.plan import ConfigurationPlan
 from engine.preprocessing.case import preprocess_case
 from engine.preprocessing.records import (
     PreprocessingError,
@@ -30,10 +31,9 @@ from engine.preprocessing.records import (
     input_hash,
     plan_hash,
     read_inputs,
-    write_case_rows,
 )
 from engine.project import Project
-from engine.store.layout import patch_chunks, stage_dir, store_bytes, write_array
+from engine.store.layout import patch_chunks, read_case, stage_dir, stage_name, store_bytes, write_array
 
 PARTIAL = ".partial-"
 HASH_FILE = ".input_hash"
@@ -45,7 +45,7 @@ class CaseTask:
     dataset: str
     case_id: str
     stage: str
-    plan: dict[str, Any]
+    plan: ConfigurationPlan
     spacing: tuple[float, float, float]
     input_hash: str
 
@@ -77,18 +77,12 @@ class PreprocessResult:
         )
 
 
-def stage_name(plan: str, configuration: str) -> str:
-    return f"{plan}/{configuration}"
-
-
 def _label_dtype(label: np.ndarray) -> np.dtype:
     return np.dtype(np.int8) if label.size == 0 or (label.min() >= -128 and label.max() <= 127) else np.dtype(np.int16)
 
 
 def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
     """Worker: raw Zarr -> preprocess -> `<stage>/<case>` written whole under a temporary name, then renamed."""
-    from engine.store import read_case
-
     started = time.perf_counter()
     project = Project.resolve(task.project_root)
     image, label = read_case(project, task.dataset, task.case_id)
@@ -100,7 +94,7 @@ def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
-        chunks = patch_chunks(image.shape[1:], task.plan["patch_size"])
+        chunks = patch_chunks(image.shape[1:], task.plan.patch_size)
         write_array(partial / "image", image, chunks=(1, *chunks))
         if label is not None:
             write_array(partial / "label", label.astype(_label_dtype(label)), chunks=chunks)
@@ -155,7 +149,7 @@ class _Recorder:
             with transaction(self.project) as con:
                 for outcome in self.waiting:
                     key = (self.inputs.dataset, self.inputs.plan_name, self.inputs.configuration, outcome.case_id)
-                    write_case_rows(
+                    write_preprocessed_case(
                         con,
                         key=key,
                         properties=outcome.properties,
@@ -204,36 +198,19 @@ def preprocess_dataset(
     ]
     processed: list[str] = []
     failures: list[str] = []
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    workers = worker_count(workers, tasks=len(tasks))
     recorder = _Recorder(resolved, inputs, digests)
     bar = tqdm(total=len(tasks), desc=f"preprocess {configuration}", unit="case", disable=None if progress else True)
-
-    def finish(case_id: str, run) -> None:
-        try:
-            outcome = run()
-        except Exception as error:  # one bad case does not stop the others
-            failures.append(f"{case_id}: {error}")
-        else:
-            recorder.add(outcome)
-            processed.append(case_id)
-        bar.update()
-
     try:
-        if workers == 1:
-            for task in tasks:
-                finish(task.case_id, lambda task=task: preprocess_stored_case(task))
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                pending = {pool.submit(preprocess_stored_case, task): task.case_id for task in tasks}
-                try:
-                    while pending:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            finish(pending.pop(future), future.result)
-                except BaseException:
-                    for future in pending:
-                        future.cancel()
-                    raise
+        for task, result in completed(preprocess_stored_case, tasks, workers=workers):
+            try:
+                outcome = result()
+            except Exception as error:  # one bad case does not stop the others
+                failures.append(f"{task.case_id}: {error}")
+            else:
+                recorder.add(outcome)
+                processed.append(task.case_id)
+            bar.update()
     finally:
         bar.close()
         recorder.flush()  # also on Ctrl-C: whatever finished is recorded

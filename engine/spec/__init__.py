@@ -1,5 +1,6 @@
 """spec stage: declarative experiment specs (TOML, validated by schema/experiment.schema.json)."""
 
+from engine.spec.augment import AugmentConfig, mirror_axes_for
 from engine.spec.load import (
     SpecError,
     apply_overrides,
@@ -20,6 +21,7 @@ from engine.spec.model import (
 )
 
 __all__ = [
+    "AugmentConfig",
     "EvaluateSpec",
     "ExperimentSpec",
     "IngestSpec",
@@ -31,6 +33,7 @@ __all__ = [
     "apply_overrides",
     "experiment_schema",
     "load_spec",
+    "mirror_axes_for",
     "parse_override",
     "parse_spec",
     "spec_from_dict",

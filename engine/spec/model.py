@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from engine.training.augment_params import AugmentConfig
+from engine.spec.augment import AugmentConfig
 
 
 @dataclass(frozen=True)

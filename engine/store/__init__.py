@@ -7,6 +7,7 @@ from engine.store.layout import (
     patch_chunks,
     read_case,
     stage_dir,
+    stage_name,
     write_array,
     write_case,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "patch_chunks",
     "read_case",
     "stage_dir",
+    "stage_name",
     "write_array",
     "write_case",
 ]

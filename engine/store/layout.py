@@ -34,6 +34,11 @@ def stage_dir(project: Project, dataset: str, stage: str = RAW_STAGE) -> Path:
     return dataset_dir(project, dataset) / stage
 
 
+def stage_name(plan: str, configuration: str) -> str:
+    """The stage of a configuration's preprocessed cases: `<plan>/<configuration>`."""
+    return f"{plan}/{configuration}"
+
+
 def case_dir(project: Project, dataset: str, case_id: str, *, stage: str = RAW_STAGE) -> Path:
     return stage_dir(project, dataset, stage) / case_id
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from engine.catalog.queries import run_query
-from engine.preprocessing.records import load_class_locations
+from engine.catalog import connect
+from engine.catalog.preprocessed import class_locations, preprocessed_shapes
 from engine.project import Project
 from engine.store.layout import case_dir
 
@@ -43,19 +43,15 @@ def load_cases(
 ) -> list[CaseEntry]:
     """Shapes and class locations of preprocessed cases, in two queries (read once, before training)."""
     wanted = sorted(set(case_ids))
-    shapes = run_query(
-        "SELECT case_id, shape FROM preprocessed_cases WHERE dataset = ? AND plan = ? AND configuration = ?",
-        project=project,
-        params=[dataset, plan, configuration],
-    ).to_pylist()
-    shape_of = {r["case_id"]: tuple(r["shape"]) for r in shapes}
+    with connect(project, read_only=True) as con:
+        shape_of = preprocessed_shapes(con, dataset, plan=plan, configuration=configuration)
+        locations = class_locations(con, dataset, plan=plan, configuration=configuration)
     missing = [c for c in wanted if c not in shape_of]
     if missing:
         raise LookupError(
             f"cases {missing[:5]}{'...' if len(missing) > 5 else ''} of dataset {dataset!r} are not preprocessed for "
             f"{plan}/{configuration}: run `voxelbase preprocess {dataset} --configuration {configuration} --plan {plan}`"
         )
-    locations = load_class_locations(project, dataset, plan=plan, configuration=configuration)
     return [CaseEntry(case_id, shape_of[case_id], locations.get(case_id, {})) for case_id in wanted]
 
 

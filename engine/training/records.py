@@ -1,25 +1,24 @@
 """Training's writes to the catalog: experiments, runs and per-epoch rows, each in a short transaction.
 
-Short transactions keep the catalog free for other processes (a `voxelbase sql` while training runs).
+Short transactions keep the catalog free for other processes (a `voxelbase sql` while training runs). The SQL is
+in `engine.catalog.runs`; what is decided here is when a 'running' run counts as dead.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import socket
 
-from engine.catalog import connect, transaction
+from engine.catalog import runs, transaction
 from engine.project import Project
+
+TrainingRun = runs.TrainingRun
 
 
 def record_experiment(project: Project, *, name: str, dataset: str, spec: dict, spec_hash: str) -> None:
     with transaction(project) as con:
-        con.execute(
-            "INSERT INTO experiments (name, dataset, spec, spec_hash) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET dataset = excluded.dataset, spec = excluded.spec, spec_hash = excluded.spec_hash",
-            [name, dataset, json.dumps(spec), spec_hash],
-        )
+        runs.record_experiment(con, name=name, dataset=dataset, spec=spec, spec_hash=spec_hash)
 
 
 def _alive(pid: int | None, host: str | None) -> bool:
@@ -38,85 +37,38 @@ def _alive(pid: int | None, host: str | None) -> bool:
     return True
 
 
-def latest_run(project: Project, *, experiment: str, configuration: str, fold: str) -> dict | None:
+def latest_run(project: Project, *, experiment: str, configuration: str, fold: str) -> TrainingRun | None:
     """The fold's newest training run; a 'running' one whose process has died is recorded as interrupted."""
-    with connect(project) as con:
-        row = con.execute(
-            "SELECT run_id, status, epochs, spec_hash, run_dir, pid, host FROM runs WHERE experiment = ? "
-            "AND configuration = ? AND fold = ? AND kind = 'train' ORDER BY run_id DESC LIMIT 1",
-            [experiment, configuration, fold],
-        ).fetchone()
-    if row is None:
-        return None
-    run = dict(zip(("run_id", "status", "epochs", "spec_hash", "run_dir", "pid", "host"), row))
-    if run["status"] == "running" and not _alive(run["pid"], run["host"]):
-        finish_run(
-            project,
-            run["run_id"],
-            status="interrupted",
-            error=f"its process (pid {run['pid']}) ended without recording an outcome",
-        )
-        run["status"] = "interrupted"
+    with transaction(project) as con:
+        run = runs.latest_training_run(con, experiment=experiment, configuration=configuration, fold=fold)
+        if run is not None and run.status == "running" and not _alive(run.pid, run.host):
+            error = f"its process (pid {run.pid}) ended without recording an outcome"
+            runs.finish_run(con, run.run_id, status="interrupted", error=error)
+            run = dataclasses.replace(run, status="interrupted")
     return run
 
 
-def start_run(
-    project: Project,
-    *,
-    experiment: str,
-    configuration: str,
-    fold: str,
-    plan: str,
-    spec_hash: str,
-    epochs: int,
-    device: str,
-    run_dir: str,
-) -> int:
+def start_run(project: Project, **values) -> int:
+    """A new 'running' run (keywords of `engine.catalog.runs.start_training_run`); returns its id."""
     with transaction(project) as con:
-        return con.execute(
-            "INSERT INTO runs (experiment, configuration, fold, kind, status, plan, spec_hash, epochs, device, run_dir, pid, host) "
-            "VALUES (?, ?, ?, 'train', 'running', ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
-            [
-                experiment,
-                configuration,
-                fold,
-                plan,
-                spec_hash,
-                epochs,
-                device,
-                run_dir,
-                os.getpid(),
-                socket.gethostname(),
-            ],
-        ).fetchone()[0]
+        return runs.start_training_run(con, **values)
 
 
 def reopen_run(project: Project, run_id: int, *, epochs: int, spec_hash: str, device: str) -> None:
     with transaction(project) as con:
-        con.execute(
-            "UPDATE runs SET status = 'running', epochs = ?, spec_hash = ?, device = ?, error = NULL, finished_at = NULL, "
-            "pid = ?, host = ? WHERE run_id = ?",
-            [epochs, spec_hash, device, os.getpid(), socket.gethostname(), run_id],
-        )
+        runs.reopen_run(con, run_id, epochs=epochs, spec_hash=spec_hash, device=device)
 
 
 def finish_run(project: Project, run_id: int, *, status: str, error: str | None = None) -> None:
     with transaction(project) as con:
-        con.execute(
-            "UPDATE runs SET status = ?, error = ?, finished_at = current_timestamp WHERE run_id = ?",
-            [status, error, run_id],
-        )
+        runs.finish_run(con, run_id, status=status, error=error)
 
 
 def record_epoch(project: Project, run_id: int, row: dict) -> None:
     with transaction(project) as con:
-        con.execute(
-            "INSERT OR REPLACE INTO epochs (run_id, epoch, train_loss, val_loss, val_dice, lr, seconds) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [run_id, row["epoch"], row["train_loss"], row["val_loss"], row["val_dice"], row["lr"], row["seconds"]],
-        )
+        runs.record_epoch(con, run_id, row)
 
 
 def forget_epochs_after(project: Project, run_id: int, epoch: int) -> None:
-    """On resume, epochs after the checkpoint are redone: drop their rows."""
     with transaction(project) as con:
-        con.execute("DELETE FROM epochs WHERE run_id = ? AND epoch > ?", [run_id, epoch])
+        runs.forget_epochs_after(con, run_id, epoch)

@@ -10,12 +10,14 @@ import json
 from dataclasses import dataclass
 
 from engine.errors import VoxelbaseError
-from engine.planning import load_plan, load_splits
-from engine.preprocessing.dataset import stage_name
+from engine.parallel import worker_count
+from engine.plan import ConfigurationPlan
+from engine.planning import PlanningError, fold_case_ids, load_plan
 from engine.project import Project
-from engine.spec import ExperimentSpec
+from engine.spec import AugmentConfig, ExperimentSpec
 from engine.spec.model import section_dict
-from engine.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
+from engine.store import stage_name
+from engine.training.augment import initial_patch_size, use_dummy_2d
 from engine.training.loader import StreamSettings
 from engine.training.patches import CaseEntry, load_cases
 
@@ -28,7 +30,7 @@ RUN_ONLY_KEYS = frozenset(
 def training_hash(spec: ExperimentSpec) -> str:
     """What a fold's weights depend on besides the epoch count: equal hashes can resume or extend each other."""
     train = {k: v for k, v in section_dict(spec.train).items() if k not in RUN_ONLY_KEYS}
-    payload = json.dumps({"dataset": spec.dataset, "train": train, "augment": spec.augment.to_dict()}, sort_keys=True)
+    payload = json.dumps({"dataset": spec.dataset, "train": train, "augment": section_dict(spec.augment)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -38,7 +40,7 @@ class TrainingError(VoxelbaseError, RuntimeError):
 
 @dataclass(frozen=True)
 class FoldSetup:
-    plan: dict
+    plan: ConfigurationPlan
     plan_name: str
     stage: str
     train_cases: list[CaseEntry]
@@ -48,31 +50,16 @@ class FoldSetup:
 
     @property
     def foreground_labels(self) -> list[int]:
-        return list(range(1, int(self.plan["num_classes"])))
+        return self.plan.foreground_labels
 
 
-def fold_cases(project: Project, dataset: str, fold: str) -> tuple[list[str], list[str]]:
-    """(train, validation) case ids; fold 'all' trains on every labelled case and validates on them too."""
-    splits = load_splits(project, dataset)
-    if fold == "all":
-        first = next(iter(splits.values()))
-        everything = sorted(set(first["train"]) | set(first["val"]))
-        return everything, everything
-    if fold not in splits:
-        raise TrainingError(
-            f"fold {fold!r} is not among the splits of dataset {dataset!r} (folds: {', '.join(splits)})"
-        )
-    return splits[fold]["train"], splits[fold]["val"]
-
-
-def _unsupported(plan: dict) -> str | None:
+def _unsupported(plan: ConfigurationPlan) -> str | None:
     """Plans this trainer cannot honour yet, refused up front rather than trained wrongly."""
-    if plan.get("previous_stage"):
+    if plan.previous_stage:
         return "the cascade (a stage trained on the previous stage's predictions)"
-    labels = plan.get("labels") or {}
-    if "ignore" in labels:
+    if plan.has_ignore_label:
         return "training with an ignore label"
-    if any(isinstance(v, list) for v in labels.values()):
+    if plan.has_regions:
         return "training with region labels"
     return None
 
@@ -84,17 +71,18 @@ def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, 
         raise TrainingError(
             f"cannot train {configuration!r} of dataset {spec.dataset!r}: {unsupported} is not supported yet"
         )
-    train_ids, val_ids = fold_cases(project, spec.dataset, fold)
-    stage = stage_name(plan["plan"], configuration)
     try:
-        train_cases = load_cases(
-            project, spec.dataset, plan=plan["plan"], configuration=configuration, case_ids=train_ids
-        )
-        val_cases = load_cases(project, spec.dataset, plan=plan["plan"], configuration=configuration, case_ids=val_ids)
+        train_ids, val_ids = fold_case_ids(project, spec.dataset, fold)
+    except PlanningError as error:
+        raise TrainingError(str(error)) from error
+    stage = stage_name(plan.plan, configuration)
+    try:
+        train_cases = load_cases(project, spec.dataset, plan=plan.plan, configuration=configuration, case_ids=train_ids)
+        val_cases = load_cases(project, spec.dataset, plan=plan.plan, configuration=configuration, case_ids=val_ids)
     except LookupError as error:
         raise TrainingError(str(error)) from error
-    patch = tuple(spec.train.patch_size or plan["patch_size"])
-    batch_size = spec.train.batch_size or int(plan["batch_size"])
+    patch = tuple(spec.train.patch_size or plan.patch_size)
+    batch_size = spec.train.batch_size or plan.batch_size
     augment: AugmentConfig = spec.augment
     dummy_2d = use_dummy_2d(patch, augment)
     common = {
@@ -102,11 +90,11 @@ def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, 
         "patch_size": patch,
         "oversample_foreground": spec.train.oversample_foreground,
         "probabilistic_oversampling": spec.train.probabilistic_oversampling,
-        "num_classes": int(plan["num_classes"]),
+        "num_classes": plan.num_classes,
     }
     return FoldSetup(
         plan=plan,
-        plan_name=plan["plan"],
+        plan_name=plan.plan,
         stage=stage,
         train_cases=train_cases,
         val_cases=val_cases,
@@ -122,6 +110,5 @@ def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, 
 
 
 def default_workers() -> int:
-    import os
-
-    return max(1, min(4, (os.cpu_count() or 2)))
+    """Loader threads: one per CPU, at most 4 (more starve the training step of cores)."""
+    return worker_count(cap=4)

@@ -1,4 +1,4 @@
-"""Training one fold, top to bottom: build, (resume,) loop over epochs, checkpoint, validate, record.
+"""Training one fold, top to bottom: build, (resume,) loop over epochs, checkpoint, record.
 
 Every epoch is a row in `epochs`; the run is a row in `runs` whose status says how it ended. Batches are a
 pure function of (seed, batch index), so a resumed run sees exactly the batches it would have seen.
@@ -17,13 +17,12 @@ import torch
 from tqdm import tqdm
 
 from engine.device import autocast_dtype, resolve_device
+from engine.networks import load_checkpoint, network_for_plan, save_checkpoint
 from engine.project import Project
 from engine.spec import ExperimentSpec
 from engine.training import records
-from engine.training.checkpoint import load_checkpoint, save_checkpoint
 from engine.training.loader import PatchStream, augment_batch
 from engine.training.loss import DiceCELoss, deep_supervision_scales
-from engine.training.network import build_network
 from engine.training.optim import build_optimizer, poly_lr, set_lr
 from engine.training.plot import plot_progress
 from engine.training.setup import FoldSetup, TrainingError, default_workers, prepare_fold, training_hash
@@ -70,27 +69,27 @@ def _start_or_resume(
 ) -> tuple[int, Path | None, bool]:
     """(run_id, checkpoint to continue from or None, already_done) by the rules of resume and extend."""
     previous = records.latest_run(project, experiment=spec.name, configuration=configuration, fold=fold)
-    if previous is not None and previous["status"] == "running":
+    if previous is not None and previous.status == "running":
         raise TrainingError(
-            f"{spec.name}/{configuration}/fold_{fold} is being trained right now (run {previous['run_id']}, "
-            f"pid {previous['pid']} on {previous['host']}); wait for it or stop it first"
+            f"{spec.name}/{configuration}/fold_{fold} is being trained right now (run {previous.run_id}, "
+            f"pid {previous.pid} on {previous.host}); wait for it or stop it first"
         )
     epochs, key = spec.train.epochs, training_hash(spec)
-    same_training = previous is not None and previous["spec_hash"] == key
-    if previous is not None and previous["status"] == "finished" and same_training and not resume:
+    same_training = previous is not None and previous.spec_hash == key
+    if previous is not None and previous.status == "finished" and same_training and not resume:
         final = run_dir / "checkpoint_final.pt"
-        if epochs == previous["epochs"] and final.exists():
-            return previous["run_id"], None, True
-        if epochs > previous["epochs"] and final.exists():  # extend: continue from the final checkpoint
-            records.reopen_run(project, previous["run_id"], epochs=epochs, spec_hash=key, device=str(device))
-            return previous["run_id"], final, False
+        if epochs == previous.epochs and final.exists():
+            return previous.run_id, None, True
+        if epochs > previous.epochs and final.exists():  # extend: continue from the final checkpoint
+            records.reopen_run(project, previous.run_id, epochs=epochs, spec_hash=key, device=str(device))
+            return previous.run_id, final, False
     if resume:
         latest = run_dir / "checkpoint_latest.pt"
         if previous is None:
             raise TrainingError(f"nothing to resume for {spec.name}/{configuration}/fold_{fold}: it never ran")
-        if previous["status"] == "finished" or not latest.exists():
+        if previous.status == "finished" or not latest.exists():
             raise TrainingError(
-                f"nothing to resume for {spec.name}/{configuration}/fold_{fold}: its last run is {previous['status']}"
+                f"nothing to resume for {spec.name}/{configuration}/fold_{fold}: its last run is {previous.status}"
                 f" and has no {latest.name}"
             )
         if not same_training:
@@ -98,8 +97,8 @@ def _start_or_resume(
                 f"cannot resume {spec.name}/{configuration}/fold_{fold}: the training settings changed since it started; "
                 "train without --resume to start over"
             )
-        records.reopen_run(project, previous["run_id"], epochs=epochs, spec_hash=key, device=str(device))
-        return previous["run_id"], latest, False
+        records.reopen_run(project, previous.run_id, epochs=epochs, spec_hash=key, device=str(device))
+        return previous.run_id, latest, False
     for stale in run_dir.glob("checkpoint_*.pt"):
         stale.unlink()
     run_id = records.start_run(
@@ -124,9 +123,9 @@ def train_fold(
     fold: str,
     device: str | None = None,
     resume: bool = False,
-    validate: bool | None = None,
 ) -> FoldResult:
-    """Train (or resume, or extend) one fold of one configuration, then validate it."""
+    """Train (or resume, or extend) one fold of one configuration. End-of-fold validation is evaluation's
+    (`engine.evaluation.validation.validate_fold`); `engine.workflow.train` runs one after the other."""
     cfg = spec.train
     setup = prepare_fold(project, spec, configuration=configuration, fold=fold)
     dev = resolve_device(device or cfg.device)
@@ -140,10 +139,6 @@ def train_fold(
         return FoldResult(run_id, run_dir, "skipped", cfg.epochs, None)
     try:
         result = _train(project, spec, setup, run_id=run_id, run_dir=run_dir, device=dev, checkpoint=checkpoint)
-        if validate if validate is not None else cfg.validate:
-            from engine.training.validation import validate_fold
-
-            validate_fold(project, spec, setup, run_id=run_id, run_dir=run_dir, device=dev)
     except KeyboardInterrupt:
         records.finish_run(project, run_id, status="interrupted", error="interrupted by the user")
         raise
@@ -168,13 +163,8 @@ def _train(
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-    num_classes = int(plan["num_classes"])
-    network = build_network(
-        plan["architecture"],
-        in_channels=int(plan["n_channels"]),
-        num_classes=num_classes,
-        deep_supervision=cfg.deep_supervision,
-    ).to(device)
+    num_classes = plan.num_classes
+    network = network_for_plan(plan, deep_supervision=cfg.deep_supervision).to(device)
     if device.type == "cuda" and cfg.channels_last is True:
         network = network.to(
             memory_format=torch.channels_last_3d if len(setup.train_settings.patch_size) == 3 else torch.channels_last
@@ -182,8 +172,8 @@ def _train(
     optimizer = build_optimizer(
         network, lr=cfg.initial_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov
     )
-    batch_dice = plan["batch_dice"] if cfg.batch_dice is None else cfg.batch_dice
-    strides = plan["architecture"]["strides"] if cfg.deep_supervision else None
+    batch_dice = plan.batch_dice if cfg.batch_dice is None else cfg.batch_dice
+    strides = plan.architecture.strides if cfg.deep_supervision else None
     loss_fn = DiceCELoss(
         batch_dice=batch_dice,
         ds_scales=deep_supervision_scales(strides) if strides else None,
@@ -301,7 +291,7 @@ def _train(
         history.append({**row, "mean_dice": mean_dice, "ema_dice": ema})
         progress.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{mean_dice:.3f}", ema=f"{ema:.3f}")
 
-        save = {"network": network, "optimizer": optimizer, "epoch": epoch, "spec": spec.to_dict(), "plan": plan}
+        save = {"network": network, "optimizer": optimizer, "epoch": epoch, "spec": spec.to_dict(), "plan": plan.to_dict()}
         if ema > best_ema:
             best_ema = ema
             save_checkpoint(run_dir / "checkpoint_best.pt", state=state_of(), **save)
@@ -316,7 +306,7 @@ def _train(
         optimizer=optimizer,
         epoch=final_epoch,
         spec=spec.to_dict(),
-        plan=plan,
+        plan=plan.to_dict(),
         state=state_of(),
     )
     (run_dir / "checkpoint_latest.pt").unlink(missing_ok=True)  # a finished run resumes from final, as nnU-Net does

@@ -1,31 +1,56 @@
-"""Step keys: what a step's result depends on, in three parts that each say why a step must run again.
+"""Step keys, derived in one place from what a step declares it reads.
 
-- spec: the hash of the spec settings the step reads;
-- code: the code version of the stages that perform it;
-- inputs: fingerprints of the step's inputs (source files, the dataset's content, the plan, preprocessed cases).
+A key has three parts, each a reason to run a step again:
+- spec: the settings of the spec sections the step reads;
+- code: the code versions of the stages that perform it (each stage's `CODE_VERSION`, and the package version);
+- inputs: fingerprints of the data it reads (source files, the dataset's content, a plan, preprocessed cases,
+  splits) and the recorded keys of the steps whose results it uses.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import engine
-from engine.catalog.queries import run_query
+from engine.catalog import connect
+from engine.catalog.datasets import dataset_content_hash
+from engine.catalog.plans import plan_fingerprint, splits_fingerprint
+from engine.catalog.preprocessed import preprocessed_fingerprint
+from engine.catalog.steps import step_keys
 from engine.project import Project
+from engine.spec import ExperimentSpec
+from engine.spec.model import section_dict
+from engine.training.setup import RUN_ONLY_KEYS
+
+# settings of a section that choose what to run or where, never what a step produces
+IGNORED_SETTINGS = {"train": RUN_ONLY_KEYS - {"epochs"}}
 
 
 def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def code_hash(*stages: str) -> str:
-    """The code version of the stages that perform a step: the package version, so an upgrade re-runs steps.
+def spec_hash(spec: ExperimentSpec, sections: tuple[str, ...]) -> str:
+    """The settings of the sections a step reads (without the ones that only choose what or where to run)."""
+    settings = {}
+    for name in sections:
+        section = getattr(spec, name)
+        values = None if section is None else section_dict(section)
+        if values is not None:
+            values = {k: v for k, v in values.items() if k not in IGNORED_SETTINGS.get(name, ())}
+        settings[name] = values
+    return digest(settings)
 
-    Source-file hashes would re-run five folds of training for an edited comment; a release is the unit.
-    """
-    return digest({"version": engine.__version__, "stages": stages})
+
+def code_hash(stages: tuple[str, ...]) -> str:
+    """The package version and the `CODE_VERSION` of each stage that performs a step: bumping one stage's
+    version redoes its steps only (source-file hashes would retrain five folds for an edited comment)."""
+    versions = {stage: importlib.import_module(f"engine.{stage}").CODE_VERSION for stage in stages}
+    return digest({"version": engine.__version__, "stages": versions})
 
 
 def source_fingerprint(folder: Path) -> str:
@@ -40,53 +65,29 @@ def source_fingerprint(folder: Path) -> str:
     return digest(entries)
 
 
-def _one(project: Project, query: str, params: list):
-    rows = run_query(query, project=project, params=params).to_pylist() if project.catalog_path.exists() else []
-    return rows[0] if rows else None
-
-
-def dataset_fingerprint(project: Project, dataset: str) -> str:
-    row = _one(project, "SELECT content_hash FROM datasets WHERE name = ?", [dataset])
-    return row["content_hash"] if row else "missing"
-
-
-def plan_fingerprint(project: Project, dataset: str, plan: str, configuration: str | None = None) -> str:
-    query = "SELECT string_agg(configuration || ':' || md5(CAST(plan_json AS VARCHAR)), ',' ORDER BY configuration) AS h FROM plans WHERE dataset = ? AND plan = ?"
-    params = [dataset, plan]
-    if configuration:
-        query += " AND configuration = ?"
-        params.append(configuration)
-    row = _one(project, query, params)
-    return (row or {}).get("h") or "missing"
-
-
-def preprocessed_fingerprint(project: Project, dataset: str, plan: str, configuration: str) -> str:
-    row = _one(
-        project,
-        "SELECT string_agg(case_id || ':' || input_hash, ',' ORDER BY case_id) AS h FROM preprocessed_cases "
-        "WHERE dataset = ? AND plan = ? AND configuration = ?",
-        [dataset, plan, configuration],
-    )
-    return (row or {}).get("h") or "missing"
-
-
-def splits_fingerprint(project: Project, dataset: str, fold: str) -> str:
-    row = _one(
-        project,
-        "SELECT string_agg(case_id || ':' || role, ',' ORDER BY case_id) AS h FROM splits WHERE dataset = ? AND (fold = ? OR ? = 'all')",
-        [dataset, fold, fold],
-    )
-    return (row or {}).get("h") or "missing"
-
-
-def step_rows_fingerprint(project: Project, experiment: str, *prefixes: str) -> str:
-    """The recorded keys of earlier steps (e.g. every `train:3d_fullres:*`), for steps that build on them."""
+def data_fingerprint(project: Project, spec: ExperimentSpec, plan: str, item: tuple[str, ...]) -> str:
+    """One declared data input: ('source',), ('dataset',), ('plan', configuration), ('preprocessed',
+    configuration) or ('splits', fold)."""
+    kind, *args = item
+    if kind == "source":
+        return source_fingerprint(spec.ingest_source())
     if not project.catalog_path.exists():
         return "missing"
-    rows = run_query(
-        "SELECT step, spec_hash, code_hash, inputs_hash, finished_at FROM steps WHERE experiment = ? "
-        "AND len(list_filter(?, lambda prefix: starts_with(step, prefix))) > 0 ORDER BY step",
-        project=project,
-        params=[experiment, list(prefixes)],
-    ).to_pylist()
+    dataset = spec.dataset
+    readers: dict[str, Callable] = {
+        "dataset": lambda con: dataset_content_hash(con, dataset) or "missing",
+        "plan": lambda con: plan_fingerprint(con, dataset, plan, *args),
+        "preprocessed": lambda con: preprocessed_fingerprint(con, dataset, plan=plan, configuration=args[0]),
+        "splits": lambda con: splits_fingerprint(con, dataset, args[0]),
+    }
+    with connect(project, read_only=True) as con:
+        return readers[kind](con)
+
+
+def results_fingerprint(project: Project, experiment: str, steps: tuple[str, ...]) -> str:
+    """The recorded keys of the steps whose results a step uses: when any of them re-ran, so must it."""
+    if not steps or not project.catalog_path.exists():
+        return "missing"
+    with connect(project, read_only=True) as con:
+        rows = step_keys(con, experiment, steps)
     return digest(rows) if rows else "missing"

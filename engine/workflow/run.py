@@ -1,4 +1,9 @@
-"""`voxelbase run SPEC`: the whole declared experiment, doing only the steps whose key changed."""
+"""`voxelbase run SPEC`: the whole declared experiment, doing only the steps whose key changed.
+
+The order, each step's key and each dry-run reason are derived here from the steps' declarations
+(`engine.workflow.steps`): a step runs after the steps it names in `after`, and in a dry run a step whose
+upstream would run is reported as "would run after ..." since its inputs are not known yet.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from engine.catalog import transaction
-from engine.catalog.queries import run_query
+from engine.catalog import connect, transaction
+from engine.catalog.steps import record_step, recorded_steps
 from engine.project import Project
 from engine.spec import ExperimentSpec, load_spec
-from engine.workflow.steps import Step, build_steps
+from engine.workflow import keys
+from engine.workflow.steps import Step, declare_steps, experiment_plan_name
 
 
 @dataclass
@@ -31,40 +37,58 @@ class RunReport:
         return out
 
 
-def _recorded(project: Project, experiment: str) -> dict[str, dict]:
-    if not project.catalog_path.exists():
-        return {}
-    rows = run_query(
-        "SELECT step, spec_hash, code_hash, inputs_hash FROM steps WHERE experiment = ?",
-        project=project,
-        params=[experiment],
-    ).to_pylist()
-    return {r["step"]: r for r in rows}
+def ordered(steps: list[Step]) -> list[Step]:
+    """The steps in an order where each comes after everything it names in `after` (declaration order otherwise)."""
+    by_name = {step.name: step for step in steps}
+    done: set[str] = set()
+    out: list[Step] = []
+
+    def visit(step: Step, path: tuple[str, ...]) -> None:
+        if step.name in done:
+            return
+        if step.name in path:
+            raise ValueError(f"steps depend on each other in a cycle: {' -> '.join((*path, step.name))}")
+        for upstream in step.after:
+            if upstream in by_name:
+                visit(by_name[upstream], (*path, step.name))
+        done.add(step.name)
+        out.append(step)
+
+    for step in steps:
+        visit(step, ())
+    return out
 
 
-def _why(step: Step, recorded: dict | None, inputs: str) -> str | None:
+@dataclass(frozen=True)
+class StepKey:
+    spec_hash: str
+    code_hash: str
+    inputs_hash: str
+
+
+def step_key(project: Project, spec: ExperimentSpec, step: Step) -> StepKey:
+    """The key of a step now, from its declaration: the one definition used both to decide and to record."""
+    plan = experiment_plan_name(spec)
+    inputs = [keys.data_fingerprint(project, spec, plan, item) for item in step.data]
+    if step.uses_results:
+        inputs.append(keys.results_fingerprint(project, spec.name, step.after))
+    return StepKey(keys.spec_hash(spec, step.reads), keys.code_hash(step.stages), keys.digest(inputs))
+
+
+def _why(now: StepKey, recorded: dict | None) -> str | None:
     """Why the step must run, or None when its recorded key matches."""
     if recorded is None:
         return "never ran"
     changed = [
         what
-        for what, now, then in (
-            ("spec settings changed", step.spec_hash, recorded["spec_hash"]),
-            ("code changed", step.code_hash, recorded["code_hash"]),
-            ("inputs changed", inputs, recorded["inputs_hash"]),
+        for what, mine, then in (
+            ("spec settings changed", now.spec_hash, recorded["spec_hash"]),
+            ("code changed", now.code_hash, recorded["code_hash"]),
+            ("inputs changed", now.inputs_hash, recorded["inputs_hash"]),
         )
-        if now != then
+        if mine != then
     ]
     return ", ".join(changed) or None
-
-
-def _record(project: Project, experiment: str, step: Step, inputs: str, seconds: float) -> None:
-    with transaction(project) as con:
-        con.execute(
-            "INSERT OR REPLACE INTO steps (experiment, step, spec_hash, code_hash, inputs_hash, seconds, finished_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, current_timestamp)",
-            [experiment, step.name, step.spec_hash, step.code_hash, inputs, seconds],
-        )
 
 
 def run_experiment(
@@ -75,21 +99,23 @@ def run_experiment(
     overrides=(),
     echo=print,
 ) -> RunReport:
-    """Run every step of the experiment whose key (spec section, code, inputs) differs from the recorded one."""
+    """Run every step of the experiment whose key (spec settings, code, inputs) differs from the recorded one."""
     project = Project.resolve(project)
     if not isinstance(spec, ExperimentSpec):
         spec = load_spec(spec, overrides=overrides)
     report = RunReport(spec.name, dry_run)
-    recorded = _recorded(project, spec.name)
+    recorded: dict[str, dict] = {}
+    if project.catalog_path.exists():
+        with connect(project, read_only=True) as con:
+            recorded = recorded_steps(con, spec.name)
     pending: set[str] = set()  # steps that run (or would) in this invocation
-    for step in build_steps(project, spec):
+    for step in ordered(declare_steps(project, spec)):
         upstream = [name for name in step.after if name in pending]
         if dry_run and upstream:
             report.steps.append((step.name, "would run", f"after {', '.join(upstream)}"))
             pending.add(step.name)
             continue
-        inputs = step.inputs()
-        why = _why(step, recorded.get(step.name), inputs)
+        why = _why(step_key(project, spec, step), recorded.get(step.name))
         if why is None:
             report.steps.append((step.name, "done", "up to date"))
             continue
@@ -100,6 +126,16 @@ def run_experiment(
         echo(f"[{step.name}] {why}")
         started = time.perf_counter()
         summary = step.action()
-        _record(project, spec.name, step, step.inputs(), time.perf_counter() - started)
+        key = step_key(project, spec, step)  # inputs as they are now that the step ran
+        with transaction(project) as con:
+            record_step(
+                con,
+                experiment=spec.name,
+                step=step.name,
+                spec_hash=key.spec_hash,
+                code_hash=key.code_hash,
+                inputs_hash=key.inputs_hash,
+                seconds=time.perf_counter() - started,
+            )
         report.steps.append((step.name, "ran", f"{why}: {summary}"))
     return report

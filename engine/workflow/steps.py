@@ -1,125 +1,110 @@
-"""The steps of a declared experiment, in order, each with its key and its action.
+"""The steps of a declared experiment, each declaring what it reads; order and keys are derived from that.
 
 ingest -> plan -> preprocess:<c> -> train:<c>:<fold> -> postprocess:<c> -> ensemble:<a>+<b> -> select
-A step's inputs are read when it is considered, after the steps before it ran, so a re-ingest that changes
-nothing downstream re-runs nothing downstream.
+
+A step states the spec sections it reads, the steps whose results it uses (`after`), the data it reads (catalog
+fingerprints, read when the step is considered, after the steps before it ran: a re-ingest that changes nothing
+downstream re-runs nothing downstream) and the stages that perform it. `engine.workflow.keys` turns that into the
+step's key and `engine.workflow.run` into the order and the dry-run reasons.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.evaluation import postprocessing, selection
+from engine.evaluation.ensemble import ensemble_cross_validation
+from engine.ingest import ingest_dataset
+from engine.planning import plan_dataset
 from engine.planning.presets import get_preset, plan_name
+from engine.preprocessing.dataset import preprocess_dataset
 from engine.project import Project
 from engine.spec import ExperimentSpec
-from engine.spec.model import section_dict
-from engine.training.setup import RUN_ONLY_KEYS
-from engine.workflow import keys
+from engine.workflow.train import train_and_validate
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
-    spec_hash: str
-    code_hash: str
-    inputs: Callable[[], str]  # fingerprint of the inputs, read when the step is considered
     action: Callable[[], str]  # does the work; returns a one-line summary
-    after: tuple[str, ...] = ()  # steps whose running makes this one stale
+    reads: tuple[str, ...] = ()  # spec sections
+    after: tuple[str, ...] = ()  # steps that must be done first
+    data: tuple[tuple[str, ...], ...] = ()  # data fingerprints it reads (see keys.data_fingerprint)
+    uses_results: bool = False  # whether the `after` steps' own results are inputs (no data fingerprint covers them)
+    stages: tuple[str, ...] = ()  # the stages whose code performs it
 
 
 def experiment_plan_name(spec: ExperimentSpec) -> str:
     return spec.train.plan or plan_name(get_preset(spec.plan.preset), spec.plan.gpu_memory_gb)
 
 
-def _train_spec_hash(spec: ExperimentSpec) -> str:
-    train = {k: v for k, v in section_dict(spec.train).items() if k not in RUN_ONLY_KEYS - {"epochs"}}
-    return keys.digest(
-        {
-            "train": train,
-            "augment": spec.augment.to_dict(),
-            "predict": section_dict(spec.predict),
-            "evaluate": section_dict(spec.evaluate),
-        }
-    )
+# End-of-fold validation predicts and scores: a training step reads prediction and evaluation settings too.
+TRAIN_READS = ("train", "augment", "predict", "evaluate")
 
 
-def build_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
-    from engine.ingest import ingest_dataset
-    from engine.planning import plan_dataset
-    from engine.preprocessing.dataset import preprocess_dataset
-
-    dataset, name = spec.dataset, spec.name
-    plan = experiment_plan_name(spec)
+def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
+    """Every step of the experiment, with what it reads; `run` orders them by `after`."""
+    dataset, plan = spec.dataset, experiment_plan_name(spec)
+    folds = [str(f) for f in spec.train.folds]
     steps: list[Step] = []
     if spec.ingest is not None:
-        source = spec.ingest_source()
         steps.append(
             Step(
                 "ingest",
-                spec.section_hash("ingest"),
-                keys.code_hash("ingest", "store"),
-                lambda: keys.source_fingerprint(source),
                 lambda: ingest_dataset(
-                    source, name=dataset, project=project, workers=spec.preprocess.workers, replace=True
+                    spec.ingest_source(), name=dataset, project=project, workers=spec.preprocess.workers, replace=True
                 ).summary(),
+                reads=("ingest",),
+                data=(("source",),),
+                stages=("ingest",),
             )
         )
     steps.append(
         Step(
             "plan",
-            spec.section_hash("plan"),
-            keys.code_hash("planning"),
-            lambda: keys.dataset_fingerprint(project, dataset),
-            lambda: (
-                f"plan {plan_dataset(dataset, project=project, preset=spec.plan.preset, gpu_memory_gb=spec.plan.gpu_memory_gb).plan!r}"
-            ),
-            after=("ingest",),
+            lambda: f"plan {plan_dataset(dataset, project=project, preset=spec.plan.preset, gpu_memory_gb=spec.plan.gpu_memory_gb).plan!r}",
+            reads=("plan",),
+            after=("ingest",) if spec.ingest is not None else (),
+            data=(("dataset",),),
+            stages=("planning",),
         )
     )
-    train_hash = _train_spec_hash(spec)
-    for configuration in spec.train.configurations:
+    for c in spec.train.configurations:
         steps.append(
             Step(
-                f"preprocess:{configuration}",
-                spec.section_hash("preprocess"),
-                keys.code_hash("preprocessing", "store"),
-                lambda c=configuration: keys.digest(
-                    [keys.dataset_fingerprint(project, dataset), keys.plan_fingerprint(project, dataset, plan, c)]
-                ),
-                lambda c=configuration: preprocess_dataset(
+                f"preprocess:{c}",
+                lambda c=c: preprocess_dataset(
                     dataset, configuration=c, plan=plan, workers=spec.preprocess.workers, project=project
                 ).summary(),
+                reads=("preprocess",),
                 after=("plan",),
+                data=(("dataset",), ("plan", c)),
+                stages=("preprocessing",),
             )
         )
-        for fold in (str(f) for f in spec.train.folds):
+        for fold in folds:
             steps.append(
                 Step(
-                    f"train:{configuration}:{fold}",
-                    train_hash,
-                    keys.code_hash("training", "inference", "evaluation"),
-                    lambda c=configuration, f=fold: keys.digest(
-                        [
-                            keys.plan_fingerprint(project, dataset, plan, c),
-                            keys.preprocessed_fingerprint(project, dataset, plan, c),
-                            keys.splits_fingerprint(project, dataset, f),
-                        ]
-                    ),
-                    lambda c=configuration, f=fold: _train(project, spec, c, f, plan),
-                    after=(f"preprocess:{configuration}",),
+                    f"train:{c}:{fold}",
+                    lambda c=c, fold=fold: _train(project, spec, c, fold, plan),
+                    reads=TRAIN_READS,
+                    after=(f"preprocess:{c}",),
+                    data=(("plan", c), ("preprocessed", c), ("splits", fold)),
+                    stages=("training", "inference", "evaluation"),
                 )
             )
         steps.append(
             Step(
-                f"postprocess:{configuration}",
-                train_hash,
-                keys.code_hash("evaluation"),
-                lambda c=configuration: keys.step_rows_fingerprint(project, name, f"train:{c}:"),
-                lambda c=configuration: _postprocess(project, spec, c),
-                after=tuple(f"train:{configuration}:{f}" for f in spec.train.folds),
+                f"postprocess:{c}",
+                lambda c=c: _postprocess(project, spec, c),
+                reads=TRAIN_READS,
+                after=tuple(f"train:{c}:{f}" for f in folds),
+                uses_results=True,
+                stages=("evaluation",),
             )
         )
     if spec.train.save_probabilities and len(spec.train.configurations) > 1:
@@ -127,43 +112,35 @@ def build_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
             steps.append(
                 Step(
                     f"ensemble:{a}+{b}",
-                    train_hash,
-                    keys.code_hash("evaluation"),
-                    lambda a=a, b=b: keys.digest(
-                        [keys.step_rows_fingerprint(project, name, f"train:{x}:") for x in (a, b)]
-                    ),
                     lambda a=a, b=b: _ensemble(project, spec, (a, b)),
-                    after=tuple(f"train:{x}:{f}" for x in (a, b) for f in spec.train.folds),
+                    reads=TRAIN_READS,
+                    after=tuple(f"train:{x}:{f}" for x in (a, b) for f in folds),
+                    uses_results=True,
+                    stages=("evaluation",),
                 )
             )
     steps.append(
         Step(
             "select",
-            train_hash,
-            keys.code_hash("evaluation"),
-            lambda: keys.step_rows_fingerprint(project, name, "train:", "postprocess:", "ensemble:"),
-            lambda: _select(project, name),
-            after=tuple(s.name for s in steps if s.name.startswith(("postprocess:", "ensemble:"))),
+            lambda: _select(project, spec.name),
+            reads=TRAIN_READS,
+            after=tuple(s.name for s in steps if s.name.startswith(("train:", "postprocess:", "ensemble:"))),
+            uses_results=True,
+            stages=("evaluation",),
         )
     )
     return steps
 
 
 def _train(project: Project, spec: ExperimentSpec, configuration: str, fold: str, plan: str) -> str:
-    import dataclasses
-
-    from engine.training.trainer import train_fold
-
     pinned = dataclasses.replace(spec, train=dataclasses.replace(spec.train, plan=plan))
-    result = train_fold(project, pinned, configuration=configuration, fold=fold)
+    result = train_and_validate(project, pinned, configuration=configuration, fold=fold)
     verb = "already trained" if result.status == "skipped" else f"trained {result.epochs} epochs"
     return f"{verb} (run {result.run_id})"
 
 
 def _postprocess(project: Project, spec: ExperimentSpec, configuration: str, folders: list[Path] | None = None) -> str:
     """nnU-Net's postprocessing decision on the cross-validation predictions of a configuration (or ensemble)."""
-    from engine.evaluation import postprocessing
-
     if folders is None:
         folders = [project.run_dir(spec.name, configuration, str(f)) / "validation" for f in spec.train.folds]
     decision = postprocessing.determine_postprocessing(
@@ -176,8 +153,6 @@ def _postprocess(project: Project, spec: ExperimentSpec, configuration: str, fol
 
 def _ensemble(project: Project, spec: ExperimentSpec, members: tuple[str, str]) -> str:
     """Score the ensemble on cross-validation, then decide its postprocessing as for a configuration."""
-    from engine.evaluation.ensemble import ensemble_cross_validation
-
     result = ensemble_cross_validation(spec.name, members, project=project)
     decided = _postprocess(project, spec, result.configuration, list(result.pred_dirs))
     dice = "n/a" if result.mean_dice is None else f"{result.mean_dice:.4f}"
@@ -185,7 +160,5 @@ def _ensemble(project: Project, spec: ExperimentSpec, members: tuple[str, str]) 
 
 
 def _select(project: Project, experiment: str) -> str:
-    from engine.evaluation import selection
-
     chosen = selection.select_best(experiment, project=project)
     return f"selected {chosen.choice} (cross-validation mean foreground Dice {chosen.mean_dice:.4f})"

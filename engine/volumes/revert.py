@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.preprocessing.case import resampling_settings
-from engine.preprocessing.resample import resample_image, resample_label
+from engine.plan import ConfigurationPlan
+from engine.volumes.combine import label_dtype
+from engine.volumes.resample import resample_image, resample_label
 
 
 def _box(properties: dict) -> tuple[slice, slice, slice]:
@@ -19,30 +20,29 @@ def _box(properties: dict) -> tuple[slice, slice, slice]:
     return slice(b[0], b[1]), slice(b[2], b[3]), slice(b[4], b[5])
 
 
-def _resample_back_kwargs(properties: dict, plan: dict) -> dict:
-    settings = resampling_settings(plan)
+def _resample_back_kwargs(properties: dict, plan: ConfigurationPlan) -> dict:
+    settings = plan.resampling
     return {
         "spacing": properties["target_spacing"],
         "new_spacing": properties["spacing"],
-        "order_z": settings["order_z"],
-        "force_separate_z": settings["force_separate_z"],
-        "anisotropy_threshold": settings["anisotropy_threshold"],
+        "order_z": settings.order_z,
+        "force_separate_z": settings.force_separate_z,
+        "anisotropy_threshold": settings.anisotropy_threshold,
     }
 
 
-def resample_class_back(class_map: np.ndarray, *, properties: dict, plan: dict) -> np.ndarray:
+def resample_class_back(class_map: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
     """One (Z, Y, X) class map at plan spacing -> float32 at the cropped original shape."""
-    settings = resampling_settings(plan)
     out = resample_image(
         np.asarray(class_map)[None],
         properties["shape_after_cropping"],
-        order=settings["probabilities_order"],
+        order=plan.resampling.probabilities_order,
         **_resample_back_kwargs(properties, plan),
     )
     return out[0].astype(np.float32, copy=False)
 
 
-def revert_probabilities(probabilities: np.ndarray, *, properties: dict, plan: dict) -> np.ndarray:
+def revert_probabilities(probabilities: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
     """(K, Z, Y, X) class probabilities (or logits) -> float32 (K, *shape_before_cropping).
 
     Outside the crop box the background channel is 1 and the others 0, as nnU-Net writes saved probabilities.
@@ -56,14 +56,14 @@ def revert_probabilities(probabilities: np.ndarray, *, properties: dict, plan: d
     return out
 
 
-def probabilities_to_segmentation(probabilities: np.ndarray, *, properties: dict, plan: dict) -> np.ndarray:
+def probabilities_to_segmentation(probabilities: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
     """Argmax of the resampled class maps (probabilities or logits), uncropped: (Z, Y, X) uint8 or uint16.
 
     Holds one resampled class and the running maximum at a time; ties keep the lower class, as argmax does.
     """
     probabilities = np.asarray(probabilities)
     n_classes = probabilities.shape[0]
-    dtype = np.uint8 if n_classes <= 255 else np.uint16
+    dtype = label_dtype(n_classes)
     best = resample_class_back(probabilities[0], properties=properties, plan=plan)
     winner = np.zeros(best.shape, dtype=dtype)
     for k in range(1, n_classes):
@@ -77,14 +77,13 @@ def probabilities_to_segmentation(probabilities: np.ndarray, *, properties: dict
     return out
 
 
-def revert_segmentation(segmentation: np.ndarray, *, properties: dict, plan: dict) -> np.ndarray:
+def revert_segmentation(segmentation: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
     """A (Z, Y, X) label map at plan spacing -> the original shape (label rule, background outside the box)."""
-    settings = resampling_settings(plan)
     segmentation = np.asarray(segmentation)
     resampled = resample_label(
         segmentation,
         properties["shape_after_cropping"],
-        order=settings["label_order"],
+        order=plan.resampling.label_order,
         **_resample_back_kwargs(properties, plan),
     )
     out = np.zeros(properties["shape_before_cropping"], dtype=segmentation.dtype)
@@ -92,7 +91,7 @@ def revert_segmentation(segmentation: np.ndarray, *, properties: dict, plan: dic
     return out
 
 
-def revert_to_original(probabilities_or_seg: np.ndarray, *, properties: dict, plan: dict) -> np.ndarray:
+def revert_to_original(probabilities_or_seg: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
     """Undo resampling and cropping: a 4-D float array is treated as class maps, a 3-D integer array as labels."""
     array = np.asarray(probabilities_or_seg)
     if array.ndim == 4:

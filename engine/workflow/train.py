@@ -1,4 +1,5 @@
-"""`voxelbase train`: every requested configuration and fold of an experiment spec."""
+"""`voxelbase train`: every requested configuration and fold of an experiment spec, each trained (training) and
+then validated (evaluation) -- the two stages meet here, above both."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator
 
+from engine.catalog import connect
+from engine.catalog.results import metric_row_count
+from engine.device import resolve_device
+from engine.evaluation.validation import validate_fold
 from engine.project import Project
 from engine.spec import ExperimentSpec, load_spec
 from engine.training.trainer import FoldResult, train_fold
@@ -45,7 +50,7 @@ def train(
     device: str | None = None,
     resume: bool = False,
 ) -> list[FoldResult]:
-    """Train the spec's configurations x folds (or the one asked for); finished folds are skipped."""
+    """Train and validate the spec's configurations x folds (or the one asked for); finished folds are skipped."""
     project = Project.resolve(project)
     if not isinstance(spec, ExperimentSpec):
         spec = load_spec(spec, overrides=overrides)
@@ -54,5 +59,23 @@ def train(
     with sigterm_as_interrupt():
         for config in configurations:
             for k in requested_folds(spec, fold):
-                results.append(train_fold(project, spec, configuration=config, fold=k, device=device, resume=resume))
+                results.append(train_and_validate(project, spec, configuration=config, fold=k, device=device, resume=resume))
     return results
+
+
+def train_and_validate(
+    project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, device: str | None = None, resume=False
+) -> FoldResult:
+    """Train one fold, then (with `train.validate`) score it on its validation cases.
+
+    A fold is validated when it was just trained or when its finished run has no metrics yet (a validation that
+    failed or was interrupted after training finished), so a rerun never retrains to re-validate.
+    """
+    result = train_fold(project, spec, configuration=configuration, fold=fold, device=device, resume=resume)
+    if spec.train.validate:
+        with connect(project, read_only=True) as con:
+            scored = metric_row_count(con, result.run_id) > 0
+        if result.status == "finished" or not scored:
+            dev = resolve_device(device or spec.train.device)
+            validate_fold(project, spec, configuration=configuration, fold=fold, run_id=result.run_id, device=dev)
+    return result
