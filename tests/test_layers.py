@@ -157,3 +157,18 @@ def test_plans_are_read_through_the_typed_plan_only():
     ]
     assert found == [], "\n".join(found)
     assert PLAN_LOOKUP.search('int(plan["num_classes"])') and PLAN_LOOKUP.search("arch['patch_size']")
+
+
+WRITE = __import__("re").compile(r"\b(?:INSERT (?:OR REPLACE )?INTO|DELETE FROM|UPDATE) ([a-z_]+)")
+
+
+def test_each_table_has_one_writer():
+    """Every INSERT, UPDATE and DELETE of a table stands in one module of `engine/catalog`."""
+    writers: dict[str, set[str]] = {}
+    for path in sorted((PACKAGE / "catalog").glob("*.py")):
+        for _, text in _strings(path):
+            for table in WRITE.findall(text):
+                writers.setdefault(table, set()).add(path.name)
+    shared = {table: sorted(modules) for table, modules in writers.items() if len(modules) > 1}
+    assert shared == {}
+    assert {"runs", "metrics", "splits", "plans", "datasets", "steps"} <= set(writers)

@@ -12,9 +12,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from engine.catalog.plans import write_splits
 from engine.images import Geometry
 
-# every table holding one dataset's rows, deleted together when a dataset is replaced (splits name its cases)
+# every table holding one dataset's rows, deleted together when a dataset is replaced
 DATASET_TABLES = (
     "intensity_samples",
     "foreground_stats",
@@ -22,7 +23,6 @@ DATASET_TABLES = (
     "cases",
     "labels",
     "channels",
-    "splits",
     "datasets",
 )
 
@@ -119,6 +119,7 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
 def replace_dataset(con: duckdb.DuckDBPyConnection, rows: DatasetRows) -> None:
     """Replace every row of one dataset (call inside a transaction): the only writer of the dataset tables."""
     name = rows.name
+    write_splits(con, name, [])  # the old splits name the old cases
     for table in DATASET_TABLES:
         con.execute(f"DELETE FROM {table} WHERE {'name' if table == 'datasets' else 'dataset'} = ?", [name])
     con.execute(

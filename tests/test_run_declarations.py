@@ -1,0 +1,66 @@
+"""Run steps declare what they read; order and keys are derived from the declarations alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.project import Project
+from engine.spec import parse_spec
+from engine.workflow.run import ordered, step_key
+from engine.workflow.steps import Step, declare_steps
+
+SPEC = """
+name = "e"
+dataset = "d"
+[train]
+configurations = ["3d_fullres", "2d"]
+folds = [0, 1]
+save_probabilities = true
+"""
+
+
+def _noop() -> str:
+    return ""
+
+
+def test_order_follows_after_whatever_the_declaration_order():
+    steps = [
+        Step("select", _noop, after=("train:a", "train:b")),
+        Step("train:b", _noop, after=("prepare",)),
+        Step("train:a", _noop, after=("prepare",)),
+        Step("prepare", _noop),
+    ]
+    names = [s.name for s in ordered(steps)]
+    assert names.index("prepare") < names.index("train:b") < names.index("select")
+    assert names.index("train:a") < names.index("select")
+    assert sorted(names) == sorted(s.name for s in steps)
+
+
+def test_a_cycle_is_refused_naming_it():
+    steps = [Step("a", _noop, after=("b",)), Step("b", _noop, after=("a",))]
+    with pytest.raises(ValueError, match="cycle: a -> b -> a"):
+        ordered(steps)
+
+
+def test_every_declared_step_runs_after_its_upstream():
+    steps = ordered(declare_steps(Project.resolve("unused"), parse_spec(SPEC)))
+    position = {s.name: i for i, s in enumerate(steps)}
+    assert set(position) >= {"plan", "preprocess:2d", "train:3d_fullres:1", "ensemble:2d+3d_fullres", "select"}
+    for step in steps:
+        assert all(position[u] < position[step.name] for u in step.after if u in position), step.name
+
+
+def _keys(project: Project, text: str) -> dict:
+    return {s.name: step_key(project, parse_spec(text), s) for s in declare_steps(project, parse_spec(text))}
+
+
+def test_a_setting_changes_the_key_of_the_steps_that_read_it_only(tmp_path):
+    project = Project.resolve(tmp_path / "project")  # no catalog yet: data fingerprints read 'missing'
+    before = _keys(project, SPEC)
+    tta = _keys(project, SPEC + "[predict]\ntta = false\n")
+    changed = {name for name in before if before[name].spec_hash != tta[name].spec_hash}
+    assert changed == {n for n in before if n.startswith(("train:", "postprocess:", "ensemble:", "select"))}
+    memory = _keys(project, SPEC + "[plan]\ngpu_memory_gb = 4\n")
+    assert {n for n in before if before[n].spec_hash != memory[n].spec_hash} == {"plan"}
+    workers = _keys(project, SPEC.replace('save_probabilities = true', 'save_probabilities = true\nnum_workers = 1'))
+    assert all(before[n] == workers[n] for n in before)  # where a step runs is not what it produces
