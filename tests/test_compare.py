@@ -9,15 +9,9 @@ from click.testing import CliRunner
 
 from engine.catalog import connect, transaction
 from engine.catalog.results import insert_metrics
+from engine.catalog.runs import ensemble_members, ensemble_name
 from engine.evaluation.compare import compare, for_display
-from engine.evaluation.selection import (
-    SelectionError,
-    ensemble_candidates,
-    ensemble_members,
-    ensemble_name,
-    load_selection,
-    select_best,
-)
+from engine.evaluation.selection import SelectionError, ensemble_candidates, load_selection, select_best
 
 # configuration -> fold -> case -> (label 1 Dice, label 2 Dice)
 FULLRES = {

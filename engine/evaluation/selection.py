@@ -16,7 +16,7 @@ import itertools
 from engine.catalog import connect, transaction
 from engine.catalog.results import SelectionRow, configuration_ranking, record_selection
 from engine.catalog.results import selection as selection_row
-from engine.catalog.runs import ensemble_members, ensemble_name, finished_folds
+from engine.catalog.runs import ensemble_members, finished_folds
 from engine.errors import VoxelbaseError
 from engine.project import Project
 
@@ -28,7 +28,6 @@ class SelectionError(VoxelbaseError, ValueError):
 
 
 Selection = SelectionRow  # experiment, choice, kind, members, mean_dice, ranking (best first)
-__all__ = ["Selection", "SelectionError", "ensemble_candidates", "ensemble_name", "load_selection", "select_best"]
 
 
 def _cv_runs(con, experiment: str) -> dict[str, set[str]]:
