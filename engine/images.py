@@ -9,8 +9,11 @@ store never need it.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import math
 import os
+import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,6 +91,12 @@ def read_image(path: Path, *, four_d: bool = False) -> tuple[np.ndarray, Geometr
     spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ImageFileError(f"{path}: vector images are not supported; store each channel as its own file")
+    if array.dtype.kind in "fc" and path.name.lower().endswith((".nii", ".nii.gz")):
+        # ITK's NIfTI reader has already turned NaN and infinite voxels into 0, so only the file's own bytes can
+        # tell; integer files are never read twice.
+        count = nifti_nonfinite_count(path)
+        if count:
+            raise ImageFileError(f"{path}: {count} NaN or infinite voxel(s)")
     if dimension == 2 and not four_d:
         array = array[None]
         spacing, origin = (*spacing, TWO_D_SPACING), (*origin, 0.0)
@@ -100,6 +109,98 @@ def read_image(path: Path, *, four_d: bool = False) -> tuple[np.ndarray, Geometr
     elif not four_d and dimension != 3:
         raise ImageFileError(f"{path}: expected a 2-D or 3-D image, got {dimension}-D")
     return array, itk_to_zyx(spacing, origin, direction)
+
+
+# NIfTI datatype codes whose voxels can be NaN or infinite, as numpy types (byte order set from the header).
+_NIFTI_FLOATS = {16: np.float32, 64: np.float64, 32: np.complex64, 1792: np.complex128}
+# Floating-point codes numpy cannot read portably (NIfTI leaves the 128-bit layout open), refused rather than passed.
+_NIFTI_UNCHECKABLE = {1536: "float128", 2048: "complex256"}
+_NIFTI_BLOCK = 1 << 22  # bytes of voxel data per step: a multiple of every item size, and bounded memory
+
+
+def nifti_nonfinite_count(path: Path) -> int:
+    """How many NaN or infinite voxels a NIfTI-1 or NIfTI-2 file (`.nii` or `.nii.gz`, either byte order) holds,
+    counted in the file's own voxel bytes block by block.
+
+    Only float32/float64 and complex64/complex128 payloads are read; integer payloads return 0 at once (they cannot
+    hold NaN, and a scaling that overflows shows as infinity in the image ITK returns). `scl_slope`/`scl_inter` are
+    not applied: a non-finite voxel stays non-finite whatever the scaling, and the NIfTI reader ignores a
+    non-finite slope or intercept. Raises `ImageFileError` for a header that is not NIfTI, a 128-bit float
+    payload, or voxel data that ends early.
+    """
+    path = Path(path)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            head = handle.read(540)
+            layout = _nifti_payload(path, head)
+            if layout is None:
+                return 0
+            dtype, offset, remaining = layout
+            handle.seek(offset)
+            buffer = bytearray(min(_NIFTI_BLOCK, remaining))
+            view = memoryview(buffer)
+            finite = np.empty(len(buffer) // dtype.itemsize, dtype=bool)
+            count = 0
+            while remaining:
+                size = _fill(handle, view[: min(len(buffer), remaining)])
+                if size == 0 or size % dtype.itemsize:
+                    raise ImageFileError(f"{path}: unreadable or truncated image file (the voxel data ends early)")
+                values = np.frombuffer(buffer, dtype=dtype, count=size // dtype.itemsize)
+                count += values.size - np.count_nonzero(np.isfinite(values, out=finite[: values.size]))
+                remaining -= size
+            return int(count)
+    except (OSError, EOFError, zlib.error) as error:
+        raise ImageFileError(f"{path}: unreadable or truncated image file ({error})") from error
+
+
+def _nifti_payload(path: Path, head: bytes) -> tuple[np.dtype, int, int] | None:
+    """(voxel dtype, byte offset, byte count) of a floating-point NIfTI payload; None for any other datatype.
+
+    `sizeof_hdr` (348 for NIfTI-1, 540 for NIfTI-2) gives the byte order. The datatype alone gives the voxel size,
+    as it does for the reader, which ignores `bitpix`. The voxels start at `vox_offset`, but never inside the
+    header: the reader moves a smaller (or negative) offset to the header's end.
+    """
+    if len(head) < 348:
+        raise ImageFileError(f"{path}: not a NIfTI file (only {len(head)} bytes of header)")
+    order = next((o for o in "<>" if struct.unpack_from(o + "i", head)[0] in (348, 540)), None)
+    if order is None:
+        raise ImageFileError(f"{path}: not a NIfTI file (sizeof_hdr is neither 348 nor 540 in either byte order)")
+    header_size = struct.unpack_from(order + "i", head)[0]
+    if header_size == 348:
+        dims = struct.unpack_from(order + "8h", head, 40)
+        (datatype,) = struct.unpack_from(order + "h", head, 70)
+        (vox_offset,) = struct.unpack_from(order + "f", head, 108)
+    elif len(head) < 540:
+        raise ImageFileError(f"{path}: unreadable or truncated image file (NIfTI-2 header cut short)")
+    else:
+        (datatype,) = struct.unpack_from(order + "h", head, 12)
+        dims = struct.unpack_from(order + "8q", head, 16)
+        (vox_offset,) = struct.unpack_from(order + "q", head, 168)
+    if datatype in _NIFTI_UNCHECKABLE:
+        raise ImageFileError(
+            f"{path}: {_NIFTI_UNCHECKABLE[datatype]} voxels cannot be checked for NaN or infinite values; "
+            "store the image as float32 or float64"
+        )
+    if datatype not in _NIFTI_FLOATS:
+        return None
+    if not 1 <= dims[0] <= 7:
+        raise ImageFileError(f"{path}: not a valid NIfTI header (dim[0] is {dims[0]}, not 1 to 7)")
+    dtype = np.dtype(_NIFTI_FLOATS[datatype]).newbyteorder(order)
+    voxels = math.prod(max(int(d), 1) for d in dims[1 : dims[0] + 1])
+    offset = max(int(vox_offset) if math.isfinite(vox_offset) else 0, header_size)
+    return dtype, offset, voxels * dtype.itemsize
+
+
+def _fill(handle, view: memoryview) -> int:
+    """Read into all of `view` unless the file ends first; the number of bytes read."""
+    filled = 0
+    while filled < len(view):
+        size = handle.readinto(view[filled:])
+        if not size:
+            break
+        filled += size
+    return filled
 
 
 def read_channels(paths: Sequence[Path], *, four_d: bool = False) -> tuple[np.ndarray, Geometry]:
@@ -116,7 +217,9 @@ def read_channels(paths: Sequence[Path], *, four_d: bool = False) -> tuple[np.nd
                 geometry = found
             else:
                 if array.shape != arrays[0].shape:
-                    raise ImageFileError(f"{path}: shape {array.shape} differs from {paths[0].name}'s {arrays[0].shape}")
+                    raise ImageFileError(
+                        f"{path}: shape {array.shape} differs from {paths[0].name}'s {arrays[0].shape}"
+                    )
                 problem = geometry.mismatch(found)
                 if problem:
                     raise ImageFileError(f"{path}: geometry differs from {paths[0].name}'s: {problem}")

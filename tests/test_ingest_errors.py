@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from engine.ingest import IngestError, ingest_dataset
 from engine.ingest.demo import write_demo_dataset
 from tests.conftest import TINY_SHAPE, catalog_snapshot, run_cli
+from tests.test_images import make_big_endian, nifti_payload
 
 
 @pytest.fixture
@@ -131,6 +132,27 @@ def test_nan_voxels(stored):
 
     _rewrite(bad / "imagesTr" / "demo_002_0000.nrrd", with_nan)
     _assert_rejected(project, bad, before, "demo_002_0000.nrrd", "2 NaN or infinite voxel(s)")
+
+
+@pytest.mark.parametrize(("ending", "big_endian"), [(".nii.gz", False), (".nii", False), (".nii.gz", True)])
+def test_nan_voxels_in_float_nifti(stored, ending, big_endian):
+    """ITK's NIfTI reader turns NaN and infinity into 0, so they are found in the file's own bytes."""
+    project, bad, before = stored
+    if ending != ".nii.gz":
+        _convert(bad, ending)
+    path = bad / "imagesTr" / f"demo_002_0000{ending}"
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array[1, 2, 3] = np.nan
+    array[1, 2, 4] = -np.inf
+    spoiled = sitk.GetImageFromArray(array)
+    spoiled.CopyInformation(image)
+    sitk.WriteImage(spoiled, str(path))
+    if big_endian:
+        make_big_endian(path)
+    stored_voxels = nifti_payload(path)
+    assert np.isnan(stored_voxels).sum() == 1 and np.isinf(stored_voxels).sum() == 1
+    _assert_rejected(project, bad, before, f"demo_002_0000{ending}", "2 NaN or infinite voxel(s)")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])

@@ -51,7 +51,11 @@ def test_run_twice_then_extend_epochs(experiment, project):
         "plan",
         "preprocess:3d_fullres",
         "train:3d_fullres:0",
+        "validate:3d_fullres:0",
+        "score:3d_fullres:0",
         "train:3d_fullres:1",
+        "validate:3d_fullres:1",
+        "score:3d_fullres:1",
         "postprocess:3d_fullres",
         "select",
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from engine.project import Project
@@ -54,13 +56,38 @@ def _keys(project: Project, text: str) -> dict:
     return {s.name: step_key(project, parse_spec(text), s) for s in declare_steps(project, parse_spec(text))}
 
 
-def test_a_setting_changes_the_key_of_the_steps_that_read_it_only(tmp_path):
+def _changed(before: dict, after: dict) -> set[str]:
+    return {name for name in before if before[name].spec_hash != after[name].spec_hash}
+
+
+def test_a_setting_changes_the_key_of_the_steps_that_depend_on_it_only(tmp_path):
     project = Project.resolve(tmp_path / "project")  # no catalog yet: data fingerprints read 'missing'
     before = _keys(project, SPEC)
-    tta = _keys(project, SPEC + "[predict]\ntta = false\n")
-    changed = {name for name in before if before[name].spec_hash != tta[name].spec_hash}
-    assert changed == {n for n in before if n.startswith(("train:", "postprocess:", "ensemble:", "select"))}
+    folds = [f"{c}:{f}" for c in ("3d_fullres", "2d") for f in (0, 1)]
+    # prediction settings: re-validate, never retrain
+    assert _changed(before, _keys(project, SPEC + "[predict]\ntta = false\n")) == {f"validate:{x}" for x in folds}
+    # evaluation settings: re-score (and the ensembles' scores), never predict again
+    nsd = _keys(project, SPEC + "[evaluate]\nnsd_tolerance_mm = 2.0\n")
+    assert _changed(before, nsd) == {f"score:{x}" for x in folds} | {"ensemble:2d+3d_fullres"}
+    # learning settings: retrain
+    lr = _keys(project, SPEC.replace("save_probabilities = true", "save_probabilities = true\ninitial_lr = 0.001"))
+    assert _changed(before, lr) == {f"train:{x}" for x in folds}
+    # another memory target is another plan: re-plan and retrain on it
     memory = _keys(project, SPEC + "[plan]\ngpu_memory_gb = 4\n")
-    assert {n for n in before if before[n].spec_hash != memory[n].spec_hash} == {"plan"}
-    workers = _keys(project, SPEC.replace('save_probabilities = true', 'save_probabilities = true\nnum_workers = 1'))
-    assert all(before[n] == workers[n] for n in before)  # where a step runs is not what it produces
+    assert _changed(before, memory) == {"plan"} | {f"train:{x}" for x in folds}
+    # where and how fast a step runs is not what it produces
+    workers = _keys(project, SPEC.replace("save_probabilities = true", "save_probabilities = true\nnum_workers = 1"))
+    assert all(before[n] == workers[n] for n in before)
+    assert all(before[n] == _keys(project, SPEC + "[preprocess]\nworkers = 1\n")[n] for n in before)
+
+
+def test_an_ingest_source_is_the_same_written_relative_or_absolute(tmp_path):
+    (tmp_path / "raw").mkdir()
+    spec_dir = tmp_path / "specs"
+    spec_dir.mkdir()
+    relative = parse_spec(SPEC + '[ingest]\nsource = "../raw"\n')
+    absolute = parse_spec(SPEC + f'[ingest]\nsource = "{(tmp_path / "raw").as_posix()}"\n')
+    relative = dataclasses.replace(relative, spec_dir=str(spec_dir))
+    project = Project.resolve(tmp_path / "project")
+    steps = {s.name: s for s in declare_steps(project, relative)}
+    assert step_key(project, relative, steps["ingest"]) == step_key(project, absolute, steps["ingest"])

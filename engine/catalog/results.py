@@ -68,6 +68,11 @@ def insert_metrics(
     return table.num_rows
 
 
+def clear_metrics(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
+    """Forget a run's metrics (its segmentations changed): nothing superseded is ever read as current."""
+    con.execute("DELETE FROM metrics WHERE run_id = ?", [int(run_id)])
+
+
 def metric_row_count(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
     return con.execute("SELECT count(*) FROM metrics WHERE run_id = ?", [int(run_id)]).fetchone()[0]
 
@@ -212,3 +217,23 @@ def label_names_of_results(con: duckdb.DuckDBPyConnection, experiments: Sequence
     for value, name in rows:
         names.setdefault(int(value), set()).add(name)
     return names
+
+
+def cross_validation_case_metrics(con: duckdb.DuckDBPyConnection, experiment: str) -> list[tuple]:
+    """(configuration, kind, fold, case_id, label, dice, hd95) of every validation case of the cross-validation
+    runs that count (`result_runs`, training runs and ensembles, fold 'all' left out), by configuration, case."""
+    return con.execute(
+        "SELECT r.configuration, r.kind, r.fold, m.case_id, m.label, m.dice, m.hd95 "
+        "FROM result_runs r JOIN metrics m ON m.run_id = r.run_id "
+        "WHERE r.experiment = ? AND r.kind IN ('train', 'ensemble') AND r.fold <> 'all' "
+        "ORDER BY r.kind = 'ensemble', r.configuration, m.case_id, m.label",
+        [experiment],
+    ).fetchall()
+
+
+def postprocessing_decisions(con: duckdb.DuckDBPyConnection, experiment: str) -> dict[str, dict]:
+    """configuration (or 'ensemble:a+b') -> its recorded postprocessing decision, for one experiment."""
+    rows = con.execute(
+        "SELECT configuration, decision FROM postprocessing WHERE experiment = ? ORDER BY configuration", [experiment]
+    ).fetchall()
+    return {configuration: json.loads(decision) for configuration, decision in rows}

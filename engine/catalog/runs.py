@@ -163,3 +163,34 @@ def finished_folds(con: duckdb.DuckDBPyConnection, experiment: str, *, cross_val
         found.setdefault(configuration, []).append(fold)
     key = lambda fold: (not fold.isdigit(), int(fold) if fold.isdigit() else 0, fold)  # noqa: E731
     return {c: sorted(folds, key=key) for c, folds in sorted(found.items())}
+
+
+@dataclass(frozen=True)
+class ValidationKeys:
+    validation_hash: str | None  # the prediction settings its validation segmentations were made with
+    scoring_hash: str | None  # the evaluation settings its metrics were computed with
+
+
+def validation_keys(con: duckdb.DuckDBPyConnection, run_id: int) -> ValidationKeys:
+    row = con.execute("SELECT validation_hash, scoring_hash FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    return ValidationKeys(*row) if row else ValidationKeys(None, None)
+
+
+def record_validation(con: duckdb.DuckDBPyConnection, run_id: int, *, validation_hash: str) -> None:
+    """New validation segmentations: their scores are not current until they are scored again."""
+    con.execute("UPDATE runs SET validation_hash = ?, scoring_hash = NULL WHERE run_id = ?", [validation_hash, run_id])
+
+
+def record_scoring(con: duckdb.DuckDBPyConnection, run_id: int, *, scoring_hash: str) -> None:
+    con.execute("UPDATE runs SET scoring_hash = ? WHERE run_id = ?", [scoring_hash, run_id])
+
+
+def result_epochs(con: duckdb.DuckDBPyConnection, experiment: str) -> list[tuple]:
+    """(configuration, fold, epoch, train_loss, val_loss, val_dice, lr) of every epoch of the training runs that
+    count (`result_runs`: the newest finished run per configuration and fold), by configuration, fold, epoch."""
+    return con.execute(
+        "SELECT r.configuration, r.fold, e.epoch, e.train_loss, e.val_loss, e.val_dice, e.lr "
+        "FROM result_runs r JOIN epochs e ON e.run_id = r.run_id "
+        "WHERE r.experiment = ? AND r.kind = 'train' ORDER BY r.configuration, r.fold, e.epoch",
+        [experiment],
+    ).fetchall()

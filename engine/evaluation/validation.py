@@ -1,13 +1,22 @@
-"""End-of-fold validation, as nnU-Net does it: sliding-window prediction of each validation case, resampled
-back and uncropped to the case's original geometry, saved, and scored against the original labels.
+"""End-of-fold validation, as nnU-Net does it, in two steps that each record what they were made with.
 
-It reads only what training left behind: the fold's final checkpoint (network, plan and spec inside), the
-preprocessed cases in the store and the catalog's splits and geometry. The per-case metrics go to `metrics`
-under the training run's id, in one transaction, replacing what an earlier validation of the run wrote.
+1. Predict: sliding-window prediction of each validation case with the fold's final checkpoint, resampled back and
+   uncropped to the case's original geometry, saved to `runs/<exp>/<config>/fold_<k>/validation/` (segmentations,
+   and class probabilities when `train.save_probabilities`). Depends on `prediction_settings`.
+2. Score: the saved segmentations against the original labels, into `metrics` under the training run's id.
+   Depends on `scoring_settings`.
+
+The run records the hash of each (`runs.validation_hash`, `runs.scoring_hash`), so `validate_fold` redoes only what
+a settings change made stale: new prediction settings re-predict and re-score a trained fold without retraining it;
+new evaluation settings re-score its saved segmentations without predicting again. New segmentations clear the
+run's metrics in the same transaction, so a stale score is never read as current. `voxelbase run` keys its
+validate and score steps on the same two functions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +26,13 @@ from tqdm import tqdm
 from engine.catalog import connect, transaction
 from engine.catalog.datasets import case_geometries, dataset_info
 from engine.catalog.preprocessed import case_properties
-from engine.catalog.results import insert_metrics
+from engine.catalog.results import clear_metrics, insert_metrics
+from engine.catalog.runs import latest_training_run, record_scoring, record_validation, validation_keys
 from engine.errors import VoxelbaseError
 from engine.evaluation.metrics import case_metrics
-from engine.images import write_probabilities, write_segmentation
+from engine.images import ImageFileError, read_image, write_probabilities, write_segmentation
 from engine.inference.probabilities import predict_probabilities
-from engine.networks import load_trained_model
+from engine.networks import load_trained_model, trained_plan
 from engine.planning import fold_case_ids
 from engine.project import Project
 from engine.spec import ExperimentSpec
@@ -30,10 +40,33 @@ from engine.store import read_case, stage_name
 from engine.volumes import probabilities_to_segmentation, revert_probabilities
 
 CHECKPOINT = "checkpoint_final.pt"
+NO_SIMPLEITK_SUFFIX = ".segmentation.npz"  # where a machine without SimpleITK keeps a validation segmentation
 
 
 class ValidationError(VoxelbaseError, RuntimeError):
     """A fold that cannot be validated; the message says what is missing."""
+
+
+def prediction_settings(spec: ExperimentSpec) -> dict:
+    """What the validation segmentations (and probabilities) of a trained fold depend on, besides its weights."""
+    p = spec.predict
+    return {
+        "tta": p.tta,
+        "mirror_axes": list(spec.augment.mirror_axes) if p.tta else None,
+        "step_size": p.step_size,
+        "use_gaussian": p.use_gaussian,
+        "gaussian_sigma_scale": p.gaussian_sigma_scale if p.use_gaussian else None,
+        "save_probabilities": spec.train.save_probabilities,
+    }
+
+
+def scoring_settings(spec: ExperimentSpec) -> dict:
+    """What the metrics of saved segmentations depend on."""
+    return {"nsd_tolerance_mm": spec.evaluate.nsd_tolerance_mm}
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def validate_fold(
@@ -45,12 +78,69 @@ def validate_fold(
     run_id: int,
     device: torch.device,
     progress: bool = True,
-) -> int:
-    """Predict and score the fold's validation cases with its final checkpoint; returns the metric rows written."""
+) -> str:
+    """Bring a trained fold's validation up to date with the spec: predict (and score) when the prediction settings
+    changed, only score when only the evaluation settings did. Returns what was done."""
+    predicted = ensure_predicted(
+        project, spec, configuration=configuration, fold=fold, run_id=run_id, device=device, progress=progress
+    )
+    scored = ensure_scored(project, spec, configuration=configuration, fold=fold, run_id=run_id)
+    return {(True, True): "predicted and scored", (False, True): "scored"}.get((predicted, scored), "up to date")
+
+
+def ensure_predicted(
+    project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, run_id: int, device, progress=True
+) -> bool:
+    """Predict the validation cases unless they were predicted with these settings; whether it predicted."""
+    with connect(project, read_only=True) as con:
+        recorded = validation_keys(con, run_id).validation_hash
+    if recorded == settings_hash(prediction_settings(spec)):
+        return False
+    predict_validation(
+        project, spec, configuration=configuration, fold=fold, run_id=run_id, device=device, progress=progress
+    )
+    return True
+
+
+def ensure_scored(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, run_id: int) -> bool:
+    """Score the saved segmentations unless they were scored with these settings; whether it scored."""
+    with connect(project, read_only=True) as con:
+        recorded = validation_keys(con, run_id).scoring_hash
+    if recorded == settings_hash(scoring_settings(spec)):
+        return False
+    score_validation(project, spec, configuration=configuration, fold=fold, run_id=run_id)
+    return True
+
+
+def trained_run_id(project: Project, experiment: str, *, configuration: str, fold: str) -> int:
+    """The fold's finished training run, whose validation this is; an error when it has none."""
+    with connect(project, read_only=True) as con:
+        run = latest_training_run(con, experiment=experiment, configuration=configuration, fold=fold)
+    if run is None or run.status != "finished":
+        state = "never ran" if run is None else f"its last run is {run.status}"
+        raise ValidationError(f"{experiment}/{configuration}/fold_{fold} is not trained ({state}): train it first")
+    return run.run_id
+
+
+def _validation_cases(project: Project, dataset: str, fold: str) -> list[str]:
+    return fold_case_ids(project, dataset, fold)[1]
+
+
+def predict_validation(
+    project: Project,
+    spec: ExperimentSpec,
+    *,
+    configuration: str,
+    fold: str,
+    run_id: int,
+    device: torch.device,
+    progress: bool = True,
+) -> None:
+    """Predict the fold's validation cases with its final checkpoint and save them in the original geometry."""
     run_dir = project.run_dir(spec.name, configuration, fold)
     model = load_trained_model(run_dir / CHECKPOINT, device=device)
     plan, dataset = model.plan, spec.dataset
-    _, ids = fold_case_ids(project, dataset, fold)
+    ids = _validation_cases(project, dataset, fold)
     with connect(project, read_only=True) as con:
         geometry = case_geometries(con, dataset, ids)
         ending = dataset_info(con, dataset).file_ending
@@ -66,7 +156,6 @@ def validate_fold(
         )
     out_dir = run_dir / "validation"
     out_dir.mkdir(parents=True, exist_ok=True)
-    scored = []
     stage = stage_name(plan.plan, plan.configuration)
     for case_id in tqdm(ids, desc="validation", unit="case", disable=None if progress else True):
         image, _ = read_case(project, dataset, case_id, stage=stage)
@@ -77,22 +166,55 @@ def validate_fold(
         if spec.train.save_probabilities:
             reverted = revert_probabilities(probabilities, properties=properties[case_id], plan=plan)
             write_probabilities(reverted, out_dir / f"{case_id}.npz")
+        try:
+            write_segmentation(segmentation, out_dir / f"{case_id}{ending}", geometry=geometry[case_id])
+        except ImportError:  # machines without SimpleITK keep the arrays only
+            np.savez_compressed(out_dir / f"{case_id}{NO_SIMPLEITK_SUFFIX}", segmentation=segmentation)
+    with transaction(project) as con:
+        clear_metrics(con, run_id)
+        record_validation(con, run_id, validation_hash=settings_hash(prediction_settings(spec)))
+
+
+def _saved_segmentation(out_dir: Path, case_id: str, ending: str) -> np.ndarray:
+    path = out_dir / f"{case_id}{ending}"
+    if path.is_file():
+        try:
+            return read_image(path)[0]
+        except ImportError:
+            pass  # no SimpleITK here: the arrays are beside it when they were saved without it too
+        except ImageFileError as error:
+            raise ValidationError(str(error)) from error
+    arrays = out_dir / f"{case_id}{NO_SIMPLEITK_SUFFIX}"
+    if not arrays.is_file():
+        raise ValidationError(f"{path}: validation segmentation missing; validate the fold again")
+    with np.load(arrays) as data:
+        return data["segmentation"]
+
+
+def score_validation(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, run_id: int) -> int:
+    """Score the fold's saved validation segmentations against the stored labels; returns the metric rows."""
+    out_dir = project.run_dir(spec.name, configuration, fold) / "validation"
+    labels = trained_plan(out_dir.parent / CHECKPOINT).foreground_labels
+    dataset = spec.dataset
+    ids = _validation_cases(project, dataset, fold)
+    with connect(project, read_only=True) as con:
+        geometry = case_geometries(con, dataset, ids)
+        ending = dataset_info(con, dataset).file_ending
+    tolerance = spec.evaluate.nsd_tolerance_mm
+    scored = []
+    for case_id in ids:
+        segmentation = _saved_segmentation(out_dir, case_id, ending)
         _, reference = read_case(project, dataset, case_id)
-        _save_segmentation(segmentation, out_dir, case_id=case_id, ending=ending, geometry=geometry[case_id])
         rows = case_metrics(
             segmentation,
             reference,
-            labels=plan.foreground_labels,
+            labels=labels,
             spacing=geometry[case_id].spacing,
-            nsd_tolerance_mm=spec.evaluate.nsd_tolerance_mm,
+            nsd_tolerance_mm=tolerance,
         )
         scored.append((case_id, rows))
     with transaction(project) as con:
-        return insert_metrics(con, run_id=run_id, cases=scored, nsd_tolerance_mm=spec.evaluate.nsd_tolerance_mm)
-
-
-def _save_segmentation(segmentation: np.ndarray, out_dir: Path, *, case_id: str, ending: str, geometry) -> None:
-    try:
-        write_segmentation(segmentation, out_dir / f"{case_id}{ending}", geometry=geometry)
-    except ImportError:  # machines without SimpleITK keep the arrays only
-        np.savez_compressed(out_dir / f"{case_id}.segmentation.npz", segmentation=segmentation)
+        clear_metrics(con, run_id)
+        written = insert_metrics(con, run_id=run_id, cases=scored, nsd_tolerance_mm=tolerance)
+        record_scoring(con, run_id, scoring_hash=settings_hash(scoring_settings(spec)))
+    return written

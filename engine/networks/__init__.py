@@ -1,7 +1,7 @@
 """Networks and trained models, below every stage: the U-Nets a plan describes, checkpoints, loading weights."""
 
 from engine.networks.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from engine.networks.trained import TrainedModel, load_trained_model, network_for_plan
+from engine.networks.trained import TrainedModel, load_trained_model, network_for_plan, trained_plan
 from engine.networks.unet import build_network, count_parameters
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "load_trained_model",
     "network_for_plan",
     "save_checkpoint",
+    "trained_plan",
 ]

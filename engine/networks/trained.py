@@ -44,3 +44,8 @@ def load_trained_model(checkpoint: Path, *, device: torch.device) -> TrainedMode
     network = network_for_plan(plan, deep_supervision=False)
     network.load_state_dict(state["network"])
     return TrainedModel(network.to(device).eval(), plan, state["spec"], checkpoint)
+
+
+def trained_plan(checkpoint: Path) -> ConfigurationPlan:
+    """The plan a checkpoint was trained with, without building its network."""
+    return ConfigurationPlan.from_dict(load_checkpoint(checkpoint, map_location="cpu")["plan"])

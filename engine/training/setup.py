@@ -27,11 +27,18 @@ RUN_ONLY_KEYS = frozenset(
 )
 
 
-def training_hash(spec: ExperimentSpec) -> str:
-    """What a fold's weights depend on besides the epoch count: equal hashes can resume or extend each other."""
+def training_settings(spec: ExperimentSpec) -> dict:
+    """Everything a fold's weights depend on: the dataset, the learning settings of `[train]` (the plan among them)
+    and `[augment]`, and the epoch count. The one definition: the trainer records it with each run (`training_hash`)
+    and `voxelbase run` keys its training steps on it."""
     train = {k: v for k, v in section_dict(spec.train).items() if k not in RUN_ONLY_KEYS}
-    payload = json.dumps({"dataset": spec.dataset, "train": train, "augment": section_dict(spec.augment)}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return {"dataset": spec.dataset, "train": train, "augment": section_dict(spec.augment), "epochs": spec.train.epochs}
+
+
+def training_hash(spec: ExperimentSpec) -> str:
+    """`training_settings` but the epoch count: runs with equal hashes can resume or extend each other."""
+    settings = {k: v for k, v in training_settings(spec).items() if k != "epochs"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 class TrainingError(VoxelbaseError, RuntimeError):

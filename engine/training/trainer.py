@@ -6,6 +6,7 @@ pure function of (seed, batch index), so a resumed run sees exactly the batches 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
@@ -126,8 +127,10 @@ def train_fold(
 ) -> FoldResult:
     """Train (or resume, or extend) one fold of one configuration. End-of-fold validation is evaluation's
     (`engine.evaluation.validation.validate_fold`); `engine.workflow.train` runs one after the other."""
-    cfg = spec.train
     setup = prepare_fold(project, spec, configuration=configuration, fold=fold)
+    # the plan it trains on, named: the same fold trained through `train` or `run` has the same key
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, plan=setup.plan_name))
+    cfg = spec.train
     dev = resolve_device(device or cfg.device)
     run_dir = project.run_dir(spec.name, configuration, fold)
     run_dir.mkdir(parents=True, exist_ok=True)

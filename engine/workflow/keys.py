@@ -1,7 +1,7 @@
 """Step keys, derived in one place from what a step declares it reads.
 
 A key has three parts, each a reason to run a step again:
-- spec: the settings of the spec sections the step reads;
+- spec: the settings the step depends on (a function of the spec owned by the stage that does the work);
 - code: the code versions of the stages that perform it (each stage's `CODE_VERSION`, and the package version);
 - inputs: fingerprints of the data it reads (source files, the dataset's content, a plan, preprocessed cases,
   splits) and the recorded keys of the steps whose results it uses.
@@ -23,27 +23,10 @@ from engine.catalog.preprocessed import preprocessed_fingerprint
 from engine.catalog.steps import step_keys
 from engine.project import Project
 from engine.spec import ExperimentSpec
-from engine.spec.model import section_dict
-from engine.training.setup import RUN_ONLY_KEYS
-
-# settings of a section that choose what to run or where, never what a step produces
-IGNORED_SETTINGS = {"train": RUN_ONLY_KEYS - {"epochs"}}
 
 
 def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def spec_hash(spec: ExperimentSpec, sections: tuple[str, ...]) -> str:
-    """The settings of the sections a step reads (without the ones that only choose what or where to run)."""
-    settings = {}
-    for name in sections:
-        section = getattr(spec, name)
-        values = None if section is None else section_dict(section)
-        if values is not None:
-            values = {k: v for k, v in values.items() if k not in IGNORED_SETTINGS.get(name, ())}
-        settings[name] = values
-    return digest(settings)
 
 
 def code_hash(stages: tuple[str, ...]) -> str:

@@ -16,7 +16,7 @@ from engine.catalog.steps import record_step, recorded_steps
 from engine.project import Project
 from engine.spec import ExperimentSpec, load_spec
 from engine.workflow import keys
-from engine.workflow.steps import Step, declare_steps, experiment_plan_name
+from engine.workflow.steps import Step, declare_steps, pinned
 
 
 @dataclass
@@ -68,11 +68,11 @@ class StepKey:
 
 def step_key(project: Project, spec: ExperimentSpec, step: Step) -> StepKey:
     """The key of a step now, from its declaration: the one definition used both to decide and to record."""
-    plan = experiment_plan_name(spec)
-    inputs = [keys.data_fingerprint(project, spec, plan, item) for item in step.data]
+    spec = pinned(spec)
+    inputs = [keys.data_fingerprint(project, spec, spec.train.plan, item) for item in step.data]
     if step.uses_results:
         inputs.append(keys.results_fingerprint(project, spec.name, step.after))
-    return StepKey(keys.spec_hash(spec, step.reads), keys.code_hash(step.stages), keys.digest(inputs))
+    return StepKey(keys.digest(step.settings(spec)), keys.code_hash(step.stages), keys.digest(inputs))
 
 
 def _why(now: StepKey, recorded: dict | None) -> str | None:

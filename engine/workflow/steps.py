@@ -1,11 +1,13 @@
 """The steps of a declared experiment, each declaring what it reads; order and keys are derived from that.
 
-ingest -> plan -> preprocess:<c> -> train:<c>:<fold> -> postprocess:<c> -> ensemble:<a>+<b> -> select
+ingest -> plan -> preprocess:<c> -> train:<c>:<f> -> validate:<c>:<f> -> score:<c>:<f> -> postprocess:<c>
+       -> ensemble:<a>+<b> -> select
 
-A step states the spec sections it reads, the steps whose results it uses (`after`), the data it reads (catalog
-fingerprints, read when the step is considered, after the steps before it ran: a re-ingest that changes nothing
-downstream re-runs nothing downstream) and the stages that perform it. `engine.workflow.keys` turns that into the
-step's key and `engine.workflow.run` into the order and the dry-run reasons.
+A step states the settings it depends on (a function of the spec, owned by the stage that does the work, so the
+stage records with its results exactly what `run` decides on), the steps whose results it uses (`after`), the data
+it reads (catalog fingerprints, read when the step is considered, after the steps before it ran: a re-ingest that
+changes nothing downstream re-runs nothing downstream) and the stages that perform it. `engine.workflow.keys`
+turns that into the step's key and `engine.workflow.run` into the order and the dry-run reasons.
 """
 
 from __future__ import annotations
@@ -16,22 +18,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.device import resolve_device
 from engine.evaluation import postprocessing, selection
 from engine.evaluation.ensemble import ensemble_cross_validation
+from engine.evaluation.validation import (
+    ensure_predicted,
+    ensure_scored,
+    prediction_settings,
+    scoring_settings,
+    trained_run_id,
+)
 from engine.ingest import ingest_dataset
 from engine.planning import plan_dataset
 from engine.planning.presets import get_preset, plan_name
 from engine.preprocessing.dataset import preprocess_dataset
 from engine.project import Project
 from engine.spec import ExperimentSpec
-from engine.workflow.train import train_and_validate
+from engine.spec.model import section_dict
+from engine.training.setup import training_settings
+from engine.training.trainer import train_fold
+
+
+def _nothing(spec: ExperimentSpec) -> None:
+    return None
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
     action: Callable[[], str]  # does the work; returns a one-line summary
-    reads: tuple[str, ...] = ()  # spec sections
+    settings: Callable[[ExperimentSpec], object] = _nothing  # the spec settings its result depends on
     after: tuple[str, ...] = ()  # steps that must be done first
     data: tuple[tuple[str, ...], ...] = ()  # data fingerprints it reads (see keys.data_fingerprint)
     uses_results: bool = False  # whether the `after` steps' own results are inputs (no data fingerprint covers them)
@@ -42,14 +58,22 @@ def experiment_plan_name(spec: ExperimentSpec) -> str:
     return spec.train.plan or plan_name(get_preset(spec.plan.preset), spec.plan.gpu_memory_gb)
 
 
-# End-of-fold validation predicts and scores: a training step reads prediction and evaluation settings too.
-TRAIN_READS = ("train", "augment", "predict", "evaluate")
+def pinned(spec: ExperimentSpec) -> ExperimentSpec:
+    """The spec with its plan named, as every training step sees it (a new default plan never retrains silently)."""
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, plan=experiment_plan_name(spec)))
+
+
+def _ingest_settings(spec: ExperimentSpec) -> dict:
+    """The resolved source folder: the same folder written relative or absolute is the same input."""
+    return {"source": str(spec.ingest_source().resolve())}
 
 
 def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
     """Every step of the experiment, with what it reads; `run` orders them by `after`."""
-    dataset, plan = spec.dataset, experiment_plan_name(spec)
+    spec = pinned(spec)
+    dataset, plan = spec.dataset, spec.train.plan
     folds = [str(f) for f in spec.train.folds]
+    configurations = list(spec.train.configurations)
     steps: list[Step] = []
     if spec.ingest is not None:
         steps.append(
@@ -58,7 +82,7 @@ def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
                 lambda: ingest_dataset(
                     spec.ingest_source(), name=dataset, project=project, workers=spec.preprocess.workers, replace=True
                 ).summary(),
-                reads=("ingest",),
+                settings=_ingest_settings,
                 data=(("source",),),
                 stages=("ingest",),
             )
@@ -67,20 +91,19 @@ def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
         Step(
             "plan",
             lambda: f"plan {plan_dataset(dataset, project=project, preset=spec.plan.preset, gpu_memory_gb=spec.plan.gpu_memory_gb).plan!r}",
-            reads=("plan",),
+            settings=lambda s: section_dict(s.plan),
             after=("ingest",) if spec.ingest is not None else (),
             data=(("dataset",),),
             stages=("planning",),
         )
     )
-    for c in spec.train.configurations:
+    for c in configurations:
         steps.append(
             Step(
                 f"preprocess:{c}",
                 lambda c=c: preprocess_dataset(
                     dataset, configuration=c, plan=plan, workers=spec.preprocess.workers, project=project
                 ).summary(),
-                reads=("preprocess",),
                 after=("plan",),
                 data=(("dataset",), ("plan", c)),
                 stages=("preprocessing",),
@@ -90,53 +113,87 @@ def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
             steps.append(
                 Step(
                     f"train:{c}:{fold}",
-                    lambda c=c, fold=fold: _train(project, spec, c, fold, plan),
-                    reads=TRAIN_READS,
+                    lambda c=c, fold=fold: _train(project, spec, c, fold),
+                    settings=training_settings,
                     after=(f"preprocess:{c}",),
                     data=(("plan", c), ("preprocessed", c), ("splits", fold)),
-                    stages=("training", "inference", "evaluation"),
+                    stages=("training",),
                 )
             )
-        steps.append(
-            Step(
-                f"postprocess:{c}",
-                lambda c=c: _postprocess(project, spec, c),
-                reads=TRAIN_READS,
-                after=tuple(f"train:{c}:{f}" for f in folds),
-                uses_results=True,
-                stages=("evaluation",),
-            )
-        )
-    if spec.train.save_probabilities and len(spec.train.configurations) > 1:
-        for a, b in itertools.combinations(sorted(spec.train.configurations), 2):
+            if not spec.train.validate:
+                continue
             steps.append(
                 Step(
-                    f"ensemble:{a}+{b}",
-                    lambda a=a, b=b: _ensemble(project, spec, (a, b)),
-                    reads=TRAIN_READS,
-                    after=tuple(f"train:{x}:{f}" for x in (a, b) for f in folds),
+                    f"validate:{c}:{fold}",
+                    lambda c=c, fold=fold: _validate(project, spec, c, fold),
+                    settings=prediction_settings,
+                    after=(f"train:{c}:{fold}",),
+                    uses_results=True,
+                    stages=("inference", "evaluation"),
+                )
+            )
+            steps.append(
+                Step(
+                    f"score:{c}:{fold}",
+                    lambda c=c, fold=fold: _score(project, spec, c, fold),
+                    settings=scoring_settings,
+                    after=(f"validate:{c}:{fold}",),
                     uses_results=True,
                     stages=("evaluation",),
                 )
             )
-    steps.append(
-        Step(
-            "select",
-            lambda: _select(project, spec.name),
-            reads=TRAIN_READS,
-            after=tuple(s.name for s in steps if s.name.startswith(("train:", "postprocess:", "ensemble:"))),
-            uses_results=True,
-            stages=("evaluation",),
+        if spec.train.validate:
+            steps.append(
+                Step(
+                    f"postprocess:{c}",
+                    lambda c=c: _postprocess(project, spec, c),
+                    after=tuple(f"validate:{c}:{f}" for f in folds),  # decided on segmentations: Dice only
+                    uses_results=True,
+                    stages=("evaluation",),
+                )
+            )
+    if spec.train.validate and spec.train.save_probabilities and len(configurations) > 1:
+        for a, b in itertools.combinations(sorted(configurations), 2):
+            steps.append(
+                Step(
+                    f"ensemble:{a}+{b}",
+                    lambda a=a, b=b: _ensemble(project, spec, (a, b)),
+                    settings=scoring_settings,
+                    after=tuple(f"validate:{x}:{f}" for x in (a, b) for f in folds),
+                    uses_results=True,
+                    stages=("evaluation",),
+                )
+            )
+    if spec.train.validate:
+        steps.append(
+            Step(
+                "select",
+                lambda: _select(project, spec.name),
+                after=tuple(s.name for s in steps if s.name.startswith(("score:", "postprocess:", "ensemble:"))),
+                uses_results=True,
+                stages=("evaluation",),
+            )
         )
-    )
     return steps
 
 
-def _train(project: Project, spec: ExperimentSpec, configuration: str, fold: str, plan: str) -> str:
-    pinned = dataclasses.replace(spec, train=dataclasses.replace(spec.train, plan=plan))
-    result = train_and_validate(project, pinned, configuration=configuration, fold=fold)
+def _train(project: Project, spec: ExperimentSpec, configuration: str, fold: str) -> str:
+    result = train_fold(project, spec, configuration=configuration, fold=fold)
     verb = "already trained" if result.status == "skipped" else f"trained {result.epochs} epochs"
     return f"{verb} (run {result.run_id})"
+
+
+def _validate(project: Project, spec: ExperimentSpec, configuration: str, fold: str) -> str:
+    run_id = trained_run_id(project, spec.name, configuration=configuration, fold=fold)
+    device = resolve_device(spec.train.device)
+    done = ensure_predicted(project, spec, configuration=configuration, fold=fold, run_id=run_id, device=device)
+    return f"{'predicted' if done else 'already predicted'} the validation cases of run {run_id}"
+
+
+def _score(project: Project, spec: ExperimentSpec, configuration: str, fold: str) -> str:
+    run_id = trained_run_id(project, spec.name, configuration=configuration, fold=fold)
+    done = ensure_scored(project, spec, configuration=configuration, fold=fold, run_id=run_id)
+    return f"{'scored' if done else 'already scored'} the validation of run {run_id}"
 
 
 def _postprocess(project: Project, spec: ExperimentSpec, configuration: str, folders: list[Path] | None = None) -> str:

@@ -9,8 +9,6 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator
 
-from engine.catalog import connect
-from engine.catalog.results import metric_row_count
 from engine.device import resolve_device
 from engine.evaluation.validation import validate_fold
 from engine.project import Project
@@ -66,16 +64,20 @@ def train(
 def train_and_validate(
     project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, device: str | None = None, resume=False
 ) -> FoldResult:
-    """Train one fold, then (with `train.validate`) score it on its validation cases.
+    """Train one fold, then (with `train.validate`) bring its validation up to date.
 
-    A fold is validated when it was just trained or when its finished run has no metrics yet (a validation that
-    failed or was interrupted after training finished), so a rerun never retrains to re-validate.
+    Training is skipped when the fold is trained with these settings (`training.setup.training_settings`);
+    validation is redone only as far as its settings changed (`evaluation.validation`): a new prediction setting
+    re-predicts without retraining, a new evaluation setting re-scores without predicting.
     """
     result = train_fold(project, spec, configuration=configuration, fold=fold, device=device, resume=resume)
     if spec.train.validate:
-        with connect(project, read_only=True) as con:
-            scored = metric_row_count(con, result.run_id) > 0
-        if result.status == "finished" or not scored:
-            dev = resolve_device(device or spec.train.device)
-            validate_fold(project, spec, configuration=configuration, fold=fold, run_id=result.run_id, device=dev)
+        validate_fold(
+            project,
+            spec,
+            configuration=configuration,
+            fold=fold,
+            run_id=result.run_id,
+            device=resolve_device(device or spec.train.device),
+        )
     return result
