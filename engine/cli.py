@@ -212,6 +212,20 @@ def compare(ctx: click.Context, experiments: tuple[str, ...], fmt: str, metric: 
 
 
 @cli.command()
+@click.argument("experiment")
+@click.option(
+    "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for index.html."
+)
+@click.pass_context
+def report(ctx: click.Context, experiment: str, output: Path) -> None:
+    """A static HTML report of an experiment: tables, training curves, per-case metrics, overlays."""
+    from engine.evaluation.report import write_report
+
+    index = write_report(experiment, output=output, project=_project(ctx))
+    click.echo(f"wrote {index}")
+
+
+@cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--configuration", "-c", default=None, help="Train only this configuration (default: the spec's).")
 @click.option("--fold", "-f", default=None, help="Train only this fold: 0-4 or all (default: the spec's folds).")
