@@ -26,7 +26,7 @@ demo: venv
 
 test: venv
 	$(BIN)/ruff check engine tests benchmarks
-	$(BIN)/pytest -x -q tests
+	$(BIN)/pytest -x -q -rs tests
 
 lint: venv
 	$(BIN)/ruff check engine tests benchmarks

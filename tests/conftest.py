@@ -1,11 +1,13 @@
-"""Shared fixtures: tiny real datasets on disk, real catalogs, and snapshots to prove nothing was lost."""
+"""Shared fixtures: tiny real datasets on disk, real catalogs, and snapshots to prove nothing was lost.
+
+Also the suite's rule on skips: a test may skip only for want of a CUDA device (its reason says "CUDA"); any other
+skip is listed at the end of the run and fails it, so a missing input can never pass as a green run.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -18,10 +20,61 @@ from engine.ingest.demo import write_demo_dataset
 from engine.project import Project
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SYNTH = SHARED / "data" / "synth.py"
-REFERENCE = SHARED / "reference"
 TINY_SHAPE = (12, 24, 24)
+
+# nnU-Net v2's output for the project's demo data, and the generator call that data comes from (see NOTE.md there)
+NNUNET_DEMO = REPO / "tests" / "fixtures" / "nnunet_demo_ct"
+NNUNET_DEMO_DATA = {"cases": 10, "test_cases": 2, "seed": 0, "shape": (32, 64, 64)}
+
+
+# --- skips -------------------------------------------------------------------------------------------------------
+
+_bad_skips: list[tuple[str, str]] = []
+
+
+def allowed_skip(reason: str) -> bool:
+    """The one accepted reason to skip: no CUDA device (or, for CPU-only checks, one that is there)."""
+    return "cuda" in reason.lower()
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def _note_skip(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        if not allowed_skip(reason):
+            _bad_skips.append((report.nodeid, reason))
+
+
+def pytest_sessionstart(session) -> None:
+    _bad_skips.clear()
+
+
+def pytest_collectreport(report) -> None:
+    _note_skip(report)  # a module that skips itself as a whole
+
+
+def pytest_runtest_logreport(report) -> None:
+    _note_skip(report)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _bad_skips and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _bad_skips:
+        terminalreporter.section("skips that fail the run (only a missing CUDA device may skip a test)", red=True)
+        for nodeid, reason in _bad_skips:
+            terminalreporter.line(f"FAILED (skipped) {nodeid}: {reason}", red=True)
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -42,12 +95,37 @@ def run_cli(project: Project, *args: str, expect_ok: bool = True):
     return result
 
 
-def synth_dataset(out: Path, *args: str) -> Path:
-    """Regenerate data with the reference generator next to the repository (tests skip without it)."""
-    if not SYNTH.exists():
-        pytest.skip(f"reference generator not found at {SYNTH}: comparisons with nnU-Net need it")
-    subprocess.run([sys.executable, str(SYNTH), str(out), *args], check=True)
+def volume_digest(path: Path) -> str:
+    """sha256 of a volume as SimpleITK reads it: dtype, shape and voxel bytes, then spacing, origin, direction."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)
+    digest = hashlib.sha256(json.dumps([array.dtype.str, list(array.shape)]).encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(json.dumps([image.GetSpacing(), image.GetOrigin(), image.GetDirection()]).encode())
+    return digest.hexdigest()
+
+
+def nnunet_demo_dataset(out: Path) -> Path:
+    """The demo dataset nnU-Net's reference output in NNUNET_DEMO was made from, written again to `out`; fails
+    when the generator no longer writes the same volumes (then the reference must be made again)."""
+    write_demo_dataset(out, **NNUNET_DEMO_DATA)
+    expected = json.loads((NNUNET_DEMO / "inputs_sha256.json").read_text())
+    written = {p.relative_to(out).as_posix(): volume_digest(p) for p in sorted(out.rglob("*.nii.gz"))}
+    changed = sorted(name for name in expected.keys() | written.keys() if expected.get(name) != written.get(name))
+    assert not changed, (
+        f"the demo generator no longer writes the volumes nnU-Net's reference was made from ({', '.join(changed)}); "
+        f"make the reference again as {NNUNET_DEMO / 'NOTE.md'} says"
+    )
     return out
+
+
+@pytest.fixture(scope="session")
+def nnunet_demo_raw(tmp_path_factory) -> Path:
+    """The nnU-Net reference's demo data (10 labelled + 2 test cases, seed 0), written once per test session;
+    read it, do not change it."""
+    return nnunet_demo_dataset(tmp_path_factory.mktemp("nnunet_demo") / "Dataset911_Demo")
 
 
 def catalog_snapshot(project: Project) -> dict:

@@ -11,8 +11,9 @@ import SimpleITK as sitk
 from engine.catalog.queries import run_query
 from engine.ingest import ingest_dataset
 from engine.ingest.case import SAMPLES_PER_CASE
+from engine.ingest.demo import write_demo_dataset
 from engine.store import read_case
-from tests.conftest import run_cli, synth_dataset, write_nifti
+from tests.conftest import run_cli, write_nifti
 
 
 def _itk_geometry_zyx(path):
@@ -21,16 +22,16 @@ def _itk_geometry_zyx(path):
     return list(reversed(image.GetSpacing())), list(reversed(image.GetOrigin())), list(direction)
 
 
-def test_synth_dataset_cases_voxels_and_geometry(tmp_path, project):
-    raw = synth_dataset(tmp_path / "synth", "--cases", "6", "--test-cases", "2", "--shape", "16", "32", "32")
-    run_cli(project, "ingest", str(raw), "--name", "synth", "--workers", "2")
+def test_demo_dataset_cases_voxels_and_geometry(tmp_path, project):
+    raw = write_demo_dataset(tmp_path / "demo", cases=6, test_cases=2, seed=0, shape=(16, 32, 32))
+    run_cli(project, "ingest", str(raw), "--name", "demo", "--workers", "2")
     splits = run_query("SELECT split, count(*) AS n FROM cases GROUP BY split ORDER BY split", project=project)
     assert splits.to_pylist() == [{"split": "test", "n": 2}, {"split": "train", "n": 6}]
     rows = run_query("SELECT * FROM cases ORDER BY case_id", project=project).to_pylist()
     for row in rows:
         folder = "imagesTr" if row["split"] == "train" else "imagesTs"
         source = raw / folder / f"{row['case_id']}_0000.nii.gz"
-        image, label = read_case(project, "synth", row["case_id"])
+        image, label = read_case(project, "demo", row["case_id"])
         expected = sitk.GetArrayFromImage(sitk.ReadImage(str(source)))
         assert image.dtype == expected.dtype and np.array_equal(image[0], expected)
         spacing, origin, direction = _itk_geometry_zyx(source)
@@ -78,8 +79,6 @@ def test_label_and_foreground_statistics_are_exact(tiny_raw, project):
 
 
 def test_sampled_percentiles_match_all_foreground_voxels(tmp_path, project):
-    from engine.ingest.demo import write_demo_dataset
-
     raw = write_demo_dataset(tmp_path / "raw", cases=6, test_cases=0, seed=3, shape=(24, 48, 48))
     ingest_dataset(raw, name="demo", project=project, workers=2)
     everything = []
@@ -152,8 +151,6 @@ def test_same_source_again_is_a_no_op(tiny_raw, project):
 
 
 def test_replace_swaps_content(tmp_path, tiny_raw, project):
-    from engine.ingest.demo import write_demo_dataset
-
     ingest_dataset(tiny_raw, name="demo", project=project, workers=1)
     other = write_demo_dataset(tmp_path / "other", cases=3, test_cases=0, seed=9, shape=(10, 20, 20))
     result = ingest_dataset(other, name="demo", project=project, workers=1, replace=True)

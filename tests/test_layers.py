@@ -107,8 +107,12 @@ def test_the_rule_itself(importer, imported, expected):
     assert (why is None) if expected is None else (expected in why)
 
 
-SQL = __import__("re").compile(r"\b(SELECT\s.+\sFROM|INSERT (OR REPLACE )?INTO|DELETE FROM|UPDATE \w+ SET|CREATE (TABLE|VIEW))\b")
-PLAN_LOOKUP = __import__("re").compile(r"\bplan\w*\[[\"']|\[[\"'](architecture|num_classes|n_channels|patch_size)[\"']\]")
+SQL = __import__("re").compile(
+    r"\b(SELECT\s.+\sFROM|INSERT (OR REPLACE )?INTO|DELETE FROM|UPDATE \w+ SET|CREATE (TABLE|VIEW))\b"
+)
+PLAN_LOOKUP = __import__("re").compile(
+    r"\bplan\w*\[[\"']|\[[\"'](architecture|num_classes|n_channels|patch_size)[\"']\]"
+)
 
 
 def _strings(path: Path):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +13,26 @@ from click.testing import CliRunner
 from engine.catalog import connect
 from engine.cli import cli
 from engine.ingest import ingest_dataset
+from engine.ingest.demo import write_demo_dataset
 from engine.planning import PlanningError, plan_dataset
 
-SYNTH = Path(__file__).resolve().parents[2] / "shared" / "data" / "synth.py"
-pytestmark = pytest.mark.skipif(not SYNTH.exists(), reason=f"data generator not found at {SYNTH}")
-SMALL = ["--cases", "5", "--shape", "16", "32", "32", "--seed", "7"]
+SMALL = {"cases": 5, "test_cases": 0, "seed": 7, "shape": (16, 32, 32)}
 
 
-def _synth(out: Path, *extra: str) -> Path:
-    subprocess.run([sys.executable, str(SYNTH), str(out), *SMALL, *extra], check=True, capture_output=True)
-    return out
+def _demo(out: Path) -> Path:
+    return write_demo_dataset(out, **SMALL)
+
+
+def _add_channel(root: Path, name: str, values) -> None:
+    """A second channel for every training image: `values(first channel array)`, same geometry."""
+    for first in sorted((root / "imagesTr").glob("*_0000.nii.gz")):
+        image = sitk.ReadImage(str(first))
+        out = sitk.GetImageFromArray(values(sitk.GetArrayFromImage(image)))
+        out.CopyInformation(image)
+        sitk.WriteImage(out, str(first.with_name(first.name.replace("_0000.nii.gz", "_0001.nii.gz"))))
+    description = json.loads((root / "dataset.json").read_text())
+    description["channel_names"]["1"] = name
+    (root / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
 
 
 def _rewrite(path: Path, change) -> None:
@@ -39,21 +48,20 @@ def project(tmp_path_factory):
     """A catalog with a good, already planned dataset and three bad ones."""
     root = tmp_path_factory.mktemp("planning_errors")
     project = root / "project"
-    ingest_dataset(_synth(root / "good"), name="good", project=project, workers=1)
+    ingest_dataset(_demo(root / "good"), name="good", project=project, workers=1)
     plan_dataset("good", project=project)
 
-    background = _synth(root / "background_only")
+    background = _demo(root / "background_only")
     for label in (background / "labelsTr").glob("*.nii.gz"):
         _rewrite(label, np.zeros_like)
     ingest_dataset(background, name="background_only", project=project, workers=1)
 
-    empty = _synth(root / "empty_crop")
-    _rewrite(empty / "imagesTr" / "case_0002_0000.nii.gz", np.zeros_like)
+    empty = _demo(root / "empty_crop")
+    _rewrite(empty / "imagesTr" / "demo_002_0000.nii.gz", np.zeros_like)
     ingest_dataset(empty, name="empty_crop", project=project, workers=1)
 
-    constant = _synth(root / "constant_channel", "--modality", "MR", "--channels", "2")
-    for image in (constant / "imagesTr").glob("*_0001.nii.gz"):
-        _rewrite(image, lambda a: np.full_like(a, 7))
+    constant = _demo(root / "constant_channel")
+    _add_channel(constant, "MR1", lambda a: np.full_like(a, 7))
     ingest_dataset(constant, name="constant_channel", project=project, workers=1)
     return project
 
@@ -77,7 +85,7 @@ def snapshot(project: Path) -> dict:
     [
         ("missing", {}, r"dataset 'missing' does not exist \(known datasets: background_only, constant_channel"),
         ("background_only", {}, r"dataset 'background_only' has no labelled training cases"),
-        ("empty_crop", {}, r"crop to nonzero of case 'case_0002' is empty"),
+        ("empty_crop", {}, r"crop to nonzero of case 'demo_002' is empty"),
         ("constant_channel", {}, r"channel 1 \(MR1\) is constant \(7\.0\)"),
         ("good", {"gpu_memory_gb": 0.0001}, r"GPU memory target 0\.0001 GB is too small for even the smallest patch"),
         ("good", {"preset": "resenc-xxl"}, r"unknown preset 'resenc-xxl'"),

@@ -43,11 +43,12 @@ def test_plans_match_nnunet_on_sampled_fingerprints(entry):
     )
     for preset, nnunet_plans in entry["plans"].items():
         ours = plan_experiment(fingerprint, preset=preset)
-        assert parity_problems(ours, nnunet_plans) == [], preset
+        # the stored plans are reduced to some keys: those are compared, exactly as for whole plans files
+        assert parity_problems(ours, nnunet_plans, complete=False) == [], preset
 
 
 def test_reference_plan_details():
-    """The shared reference, spelled out: the numbers a reader can check by eye."""
+    """The synthetic CT reference, spelled out: the numbers a reader can check by eye."""
     plans = plan_experiment(fingerprint_from_nnunet(FIXTURES))
     full = plans["3d_fullres"]
     assert full["patch_size"] == [48, 96, 96] and full["batch_size"] == 2
