@@ -69,7 +69,8 @@ def chromium() -> str:
     if found is None:
         steps = (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"])
         for step in steps:
-            result = subprocess.run(step, capture_output=True, text=True)
+            noninteractive = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            result = subprocess.run(step, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=noninteractive)
             if result.returncode != 0:
                 pytest.fail(
                     f"Chromium is needed to check the HTML report and could not be installed ({' '.join(step)} "
