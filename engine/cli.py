@@ -123,6 +123,49 @@ def plan(ctx: click.Context, name: str, preset: str, gpu_memory: float | None) -
 
 @cli.command()
 @click.argument("name")
+@click.option("--folds", "n_folds", type=int, default=None, help="Make N folds by nnU-Net's rule (KFold, seed 12345).")
+@click.option(
+    "--import",
+    "import_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Take the folds from an nnU-Net splits_final.json (fold k is the k-th entry).",
+)
+@click.option(
+    "--export",
+    "export_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the splits to a file in nnU-Net's splits_final.json format.",
+)
+@click.pass_context
+def splits(
+    ctx: click.Context, name: str, n_folds: int | None, import_file: Path | None, export_file: Path | None
+) -> None:
+    """Show a dataset's cross-validation splits, or replace them (--folds N or --import FILE)."""
+    import pyarrow as pa
+
+    from engine.planning.user_splits import export_splits, import_splits, make_splits, show_splits
+    from engine.tabular import format_table
+
+    if n_folds is not None and import_file is not None:
+        raise UserError("give --folds or --import, not both")
+    if import_file is not None:
+        result = import_splits(name, import_file, project=_project(ctx))
+    elif n_folds is not None:
+        result = make_splits(name, n_folds, project=_project(ctx))
+    else:
+        result = show_splits(name, project=_project(ctx))
+    click.echo(result.summary())
+    if result.folds:
+        click.echo(format_table(pa.Table.from_pylist(result.rows()), fmt="table", max_width=80))
+    if export_file is not None:
+        exported = export_splits(name, export_file, project=_project(ctx))
+        click.echo(f"wrote {len(exported.folds)} folds to {export_file}")
+
+
+@cli.command()
+@click.argument("name")
 @click.option("--configuration", "-c", required=True, help="Planned configuration, e.g. 3d_fullres.")
 @click.option("--plan", "plan_name", default=None, help="Plan name (default: the newest plan of the dataset).")
 @_workers_option

@@ -312,3 +312,35 @@ def fingerprint_rows(con: duckdb.DuckDBPyConnection, dataset: str) -> Fingerprin
         channel_names={str(channel): name for channel, name in channels},
         labels=labels,
     )
+
+
+def labelled_case_ids(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
+    """Ids of the dataset's labelled training cases, sorted: what fold 'all' trains and validates on, and the
+    only cases a split may name."""
+    rows = con.execute(
+        "SELECT case_id FROM cases WHERE dataset = ? AND split = 'train' AND label_file IS NOT NULL ORDER BY case_id",
+        [dataset],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def case_splits(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, str]:
+    """case id -> 'train' (labelled) or 'test' (no label) for every case of a dataset: tells a case that does not
+    exist from one that exists but cannot be trained on."""
+    rows = con.execute(
+        "SELECT case_id, CASE WHEN split = 'train' AND label_file IS NOT NULL THEN 'train' ELSE 'test' END "
+        "FROM cases WHERE dataset = ? ORDER BY case_id",
+        [dataset],
+    ).fetchall()
+    return dict(rows)
+
+
+def labelled_cases_fingerprint(con: duckdb.DuckDBPyConnection, dataset: str) -> str:
+    """A digest of which cases fold 'all' uses (it has no split): a case added or removed changes it; 'missing'
+    when there are none."""
+    row = con.execute(
+        "SELECT string_agg(case_id, ',' ORDER BY case_id) FROM cases "
+        "WHERE dataset = ? AND split = 'train' AND label_file IS NOT NULL",
+        [dataset],
+    ).fetchone()
+    return (row[0] if row else None) or "missing"

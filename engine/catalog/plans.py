@@ -116,10 +116,16 @@ def dataset_splits(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, di
 
 
 def splits_fingerprint(con: duckdb.DuckDBPyConnection, dataset: str, fold: str) -> str:
-    """A digest of one fold's split (every fold's for fold 'all'): 'missing' when there are none."""
+    """A digest of one numbered fold's split: 'missing' when the fold has none.
+
+    Fold 'all' uses no split (it trains on every labelled case): its input is
+    `datasets.labelled_cases_fingerprint`, and asking for it here is a mistake, refused rather than answered
+    with a digest of splits it does not read.
+    """
+    if fold == "all":
+        raise ValueError("fold 'all' has no split: fingerprint it with datasets.labelled_cases_fingerprint")
     row = con.execute(
-        "SELECT string_agg(case_id || ':' || role, ',' ORDER BY case_id) FROM splits "
-        "WHERE dataset = ? AND (fold = ? OR ? = 'all')",
-        [dataset, fold, fold],
+        "SELECT string_agg(case_id || ':' || role, ',' ORDER BY case_id) FROM splits WHERE dataset = ? AND fold = ?",
+        [dataset, fold],
     ).fetchone()
     return (row[0] if row else None) or "missing"

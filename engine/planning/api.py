@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from engine.catalog import connect, transaction
-from engine.catalog.datasets import dataset_content_hash
+from engine.catalog.datasets import dataset_content_hash, labelled_case_ids
 from engine.catalog.plans import (
     configuration_plan,
     dataset_splits,
@@ -159,22 +161,62 @@ def load_plan(
     return found
 
 
+def missing_splits_message(dataset: str, n_labelled: int, *, fold: str | None = None) -> str:
+    """Why a dataset has no splits, and the ways to get them: nnU-Net's default folds from `plan` when there
+    are enough cases, the user's own (`voxelbase splits`), or fold 'all', which needs none."""
+    what = f"dataset {dataset!r} has no splits"
+    if fold is not None:
+        what = f"fold {fold!r} of dataset {dataset!r} needs splits, and there are none"
+    own = f"voxelbase splits {dataset} --folds N (nnU-Net's rule, 2 <= N <= {n_labelled})"
+    bring = f"voxelbase splits {dataset} --import splits_final.json (nnU-Net's format)"
+    if n_labelled >= N_FOLDS:
+        return (
+            f"{what}: run voxelbase plan {dataset} (it writes nnU-Net's default {N_FOLDS} folds), or {own}, or {bring}"
+        )
+    if n_labelled >= 2:
+        return (
+            f"{what}: its {n_labelled} labelled case(s) are fewer than the {N_FOLDS} nnU-Net's default folds need; "
+            f"make folds with {own}, or {bring}, or train fold 'all' (every labelled case, no splits needed)"
+        )
+    return f"{what}: with {n_labelled} labelled case(s) there is nothing to cross-validate; train fold 'all' instead"
+
+
+def _missing_splits(con: duckdb.DuckDBPyConnection, dataset: str, fold: str | None = None) -> PlanningError:
+    if dataset_content_hash(con, dataset) is None:
+        return PlanningError(f"dataset {dataset!r} does not exist: voxelbase ingest SOURCE --name {dataset}")
+    return PlanningError(missing_splits_message(dataset, len(labelled_case_ids(con, dataset)), fold=fold))
+
+
 def load_splits(project: Project | str | None, dataset: str) -> dict[str, dict[str, list[str]]]:
     """{fold: {'train': [...], 'val': [...]}} with case ids sorted; folds '0'..'4' unless the user made others."""
     with connect(project, read_only=True) as con:
         folds = dataset_splits(con, dataset)
-    if not folds:
-        raise PlanningError(f"dataset {dataset!r} has no splits: run voxelbase plan {dataset} (needs >= 5 cases)")
+        if not folds:
+            raise _missing_splits(con, dataset)
     return folds
 
 
 def fold_case_ids(project: Project | str | None, dataset: str, fold: str) -> tuple[list[str], list[str]]:
-    """(train, validation) case ids of a fold; fold 'all' trains on every labelled case and validates on them too."""
-    splits = load_splits(project, dataset)
-    if fold == "all":
-        first = next(iter(splits.values()))
-        everything = sorted(set(first["train"]) | set(first["val"]))
-        return everything, everything
+    """(train, validation) case ids of a fold.
+
+    Fold 'all' trains on every labelled training case and validates on them too, as nnU-Net does: it reads the
+    cases, not the splits, so it works on any number of cases (even one) and before any split exists. A numbered
+    fold is the dataset's split of that number.
+    """
+    with connect(project, read_only=True) as con:
+        if fold == "all":
+            everything = labelled_case_ids(con, dataset)
+            if everything:
+                return everything, list(everything)
+            if dataset_content_hash(con, dataset) is None:
+                raise PlanningError(f"dataset {dataset!r} does not exist: voxelbase ingest SOURCE --name {dataset}")
+            raise PlanningError(f"dataset {dataset!r} has no labelled training cases to train fold 'all' on")
+        splits = dataset_splits(con, dataset)
+        if not splits:
+            raise _missing_splits(con, dataset, fold)
     if fold not in splits:
-        raise PlanningError(f"fold {fold!r} is not among the splits of dataset {dataset!r} (folds: {', '.join(splits)})")
+        raise PlanningError(
+            f"fold {fold!r} is not among the splits of dataset {dataset!r} (folds: {', '.join(splits)}); "
+            f"make other folds with voxelbase splits {dataset} --folds N or --import FILE, or train fold 'all'"
+        )
     return splits[fold]["train"], splits[fold]["val"]

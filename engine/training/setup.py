@@ -28,16 +28,23 @@ RUN_ONLY_KEYS = frozenset(
 
 
 def training_settings(spec: ExperimentSpec) -> dict:
-    """Everything a fold's weights depend on: the dataset, the learning settings of `[train]` (the plan among them)
-    and `[augment]`, and the epoch count. The one definition: the trainer records it with each run (`training_hash`)
-    and `voxelbase run` keys its training steps on it."""
+    """The spec settings a fold's weights depend on: the dataset, the learning settings of `[train]` (the plan
+    among them) and `[augment]`, and the epoch count. `voxelbase run` keys its training steps on these plus the
+    fold's data (the plan, the preprocessed cases, the split); the trainer's own key (`training_hash`) is the same
+    settings and data, so the two never disagree about whether a fold is trained."""
     train = {k: v for k, v in section_dict(spec.train).items() if k not in RUN_ONLY_KEYS}
     return {"dataset": spec.dataset, "train": train, "augment": section_dict(spec.augment), "epochs": spec.train.epochs}
 
 
-def training_hash(spec: ExperimentSpec) -> str:
-    """`training_settings` but the epoch count: runs with equal hashes can resume or extend each other."""
+def training_hash(spec: ExperimentSpec, setup: FoldSetup) -> str:
+    """`training_settings` but the epoch count, with the plan and the fold's cases: runs with equal hashes can
+    resume or extend each other; a changed split, a new case in fold 'all' or a new plan start over."""
     settings = {k: v for k, v in training_settings(spec).items() if k != "epochs"}
+    settings["data"] = {
+        "plan": setup.plan.to_dict(),
+        "train": sorted(c.case_id for c in setup.train_cases),
+        "val": sorted(c.case_id for c in setup.val_cases),
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -75,7 +75,7 @@ def _start_or_resume(
             f"{spec.name}/{configuration}/fold_{fold} is being trained right now (run {previous.run_id}, "
             f"pid {previous.pid} on {previous.host}); wait for it or stop it first"
         )
-    epochs, key = spec.train.epochs, training_hash(spec)
+    epochs, key = spec.train.epochs, training_hash(spec, setup)
     same_training = previous is not None and previous.spec_hash == key
     if previous is not None and previous.status == "finished" and same_training and not resume:
         final = run_dir / "checkpoint_final.pt"

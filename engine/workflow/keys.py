@@ -17,7 +17,7 @@ from pathlib import Path
 
 import engine
 from engine.catalog import connect
-from engine.catalog.datasets import dataset_content_hash
+from engine.catalog.datasets import dataset_content_hash, labelled_cases_fingerprint
 from engine.catalog.plans import plan_fingerprint, splits_fingerprint
 from engine.catalog.preprocessed import preprocessed_fingerprint
 from engine.catalog.steps import step_keys
@@ -61,7 +61,10 @@ def data_fingerprint(project: Project, spec: ExperimentSpec, plan: str, item: tu
         "dataset": lambda con: dataset_content_hash(con, dataset) or "missing",
         "plan": lambda con: plan_fingerprint(con, dataset, plan, *args),
         "preprocessed": lambda con: preprocessed_fingerprint(con, dataset, plan=plan, configuration=args[0]),
-        "splits": lambda con: splits_fingerprint(con, dataset, args[0]),
+        # fold 'all' reads no split but every labelled case: adding a case retrains it
+        "splits": lambda con: (
+            labelled_cases_fingerprint(con, dataset) if args[0] == "all" else splits_fingerprint(con, dataset, args[0])
+        ),
     }
     with connect(project, read_only=True) as con:
         return readers[kind](con)
