@@ -1,9 +1,17 @@
-"""Dice + CE with deep supervision, against values computed by nnU-Net v2's own loss, and its semantics."""
+"""Dice + CE with deep supervision, against values computed by nnU-Net v2's own loss, and its semantics.
+
+`test_loss_and_gradients_equal_stored_nnunet` checks the loss value AND its gradient w.r.t. every output against
+nnU-Net's, stored in `tests/fixtures/nnunet_network/loss.npz` (see NOTE.md there), for 3 and 4 deep-supervision
+outputs, batch Dice on and off, with and without an ignore label, the targets downsampled by nnU-Net's own
+DownsampleSegForDSTransform. All are bit-identical (`torch.equal`), torch 2.13 here against nnU-Net on 2.14.1.
+"""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,11 +34,24 @@ def _deterministic_inputs():
     seg = ((torch.arange(n) * 7 // 3) % 5 % 3).reshape(2, 1, 4, 8, 6).to(torch.int16)
     seg[1, 0, 0] = IGNORE
     targets = downsample_targets(seg, deep_supervision_scales(STRIDES))
-    outs = [
-        torch.sin(torch.arange(2 * 3 * t[0, 0].numel(), dtype=torch.float32) * 0.37).reshape(2, 3, *t.shape[2:]) * 3
-        for t in targets
-    ]
-    return seg, targets, outs
+    return seg, targets, [_logits_like(t) for t in targets]
+
+
+def _logits_like(target: torch.Tensor) -> torch.Tensor:
+    """Three-class logits of a (2, 1, *spatial) target's size, generator-free."""
+    values = torch.sin(torch.arange(2 * 3 * target[0, 0].numel(), dtype=torch.float32) * 0.37)
+    return values.reshape(2, 3, *target.shape[2:]) * 3
+
+
+STRIDES_5 = [*STRIDES, [2, 2, 2]]  # one stage more: 4 deep-supervision outputs
+
+
+def _four_output_inputs():
+    n = 2 * 8 * 16 * 16
+    seg = ((torch.arange(n) * 5 // 7) % 4 % 3).reshape(2, 1, 8, 16, 16).to(torch.int16)
+    seg[0, 0, 2:4, 3:9] = IGNORE
+    targets = downsample_targets(seg, deep_supervision_scales(STRIDES_5))
+    return seg, targets, [_logits_like(t) for t in targets]
 
 
 # Values from nnU-Net v2 (nnunetv2 2.8.1, torch 2.14.1): DeepSupervisionWrapper(DC_and_CE_loss({'batch_dice': bd,
@@ -57,6 +78,46 @@ def test_loss_equals_nnunet(batch_dice, ignore):
     assert float(loss(outs, targets)) == pytest.approx(ds_value, rel=1e-6)
     assert float(loss(outs, seg)) == pytest.approx(ds_value, rel=1e-6)  # downsampled inside
     assert float(loss(outs[0], seg)) == pytest.approx(full_res_value, rel=1e-6)
+
+
+NNUNET_LOSS = Path(__file__).parent / "fixtures" / "nnunet_network" / "loss.npz"
+GRADIENT_CASES = {"three_outputs": (_deterministic_inputs, STRIDES), "four_outputs": (_four_output_inputs, STRIDES_5)}
+
+
+@pytest.fixture
+def one_thread():
+    """nnU-Net's values were computed with one intra-op thread; reductions stay in the same order with one here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("ignore", [None, IGNORE], ids=["no-ignore", "ignore"])
+@pytest.mark.parametrize("batch_dice", [False, True], ids=["sample-dice", "batch-dice"])
+@pytest.mark.parametrize("case", list(GRADIENT_CASES))
+def test_loss_and_gradients_equal_stored_nnunet(case, batch_dice, ignore, one_thread):
+    stored = np.load(NNUNET_LOSS)
+    make_inputs, strides = GRADIENT_CASES[case]
+    seg, targets, outs = make_inputs()
+    # the same inputs nnU-Net saw: labels, its own downsampled targets (per sample), logits
+    assert torch.equal(seg, torch.from_numpy(stored[f"{case}/seg"]))
+    assert len(targets) == len(outs) == len(strides) - 1
+    for k, (target, logits) in enumerate(zip(targets, outs, strict=True)):
+        assert torch.equal(target, torch.from_numpy(stored[f"{case}/target_{k}"])), f"target {k}"
+        assert torch.equal(logits, torch.from_numpy(stored[f"{case}/logits_{k}"])), f"logits {k}"
+    if ignore is None:
+        targets = [torch.where(t == IGNORE, 0, t) for t in targets]
+
+    outs = [o.clone().requires_grad_() for o in outs]
+    value = build_loss(batch_dice=batch_dice, strides=strides, ignore_label=ignore)(outs, targets)
+    grads = torch.autograd.grad(value, outs, allow_unused=True)
+
+    key = f"{case}/bd{int(batch_dice)}_ign{'none' if ignore is None else ignore}"
+    assert torch.equal(value.detach(), torch.from_numpy(stored[f"{key}/value"]))
+    assert grads[-1] is None and f"{key}/grad_{len(outs) - 1}" not in stored  # weight 0: term skipped by both
+    for k, grad in enumerate(grads[:-1]):
+        assert torch.equal(grad, torch.from_numpy(stored[f"{key}/grad_{k}"])), f"gradient of output {k}"
 
 
 def test_deep_supervision_scales_and_weights():

@@ -18,14 +18,34 @@ arch_kwargs, _kw_requires_import, input_channels, output_channels, deep_supervis
 
 Beyond the counts, nnU-Net's parameters were copied tensor by tensor (same order) into these networks and the
 deep-supervision outputs on a random input were bit-identical for all six cases.
+
+That claim is tested against stored nnU-Net outputs in `test_outputs_equal_stored_nnunet` (fixtures and how they
+were made: `tests/fixtures/nnunet_network/NOTE.md`): a plain 3d, a ResEnc 3d and a plain 2d U-Net, nnU-Net's
+parameters loaded in registration order, its input; every deep-supervision output in eval and train mode, and the
+gradient w.r.t. the input of a fixed objective, must be bit-identical (`torch.equal`) to nnU-Net's, here on
+torch 2.13 against nnU-Net's run on torch 2.14.1.
+
+The comparison runs with one intra-op thread, as the fixtures were made, because PyTorch's CPU convolution picks
+its kernel by thread count: a 1x1 convolution (the segmentation heads) with batch < 16, stride 1 and no dilation
+goes to the native `slow_conv3d`/`slow_conv2d` (im2col + GEMM) with one thread and to oneDNN with more
+(`use_mkldnn` in ATen's Convolution.cpp), and the two sum in different orders. nnU-Net's own network at two threads
+differs from its one-thread output by up to 1 ulp (max |diff| 7.2e-7 on logits of magnitude ~6) in the same way,
+and Voxelbase at two threads is bit-identical to nnU-Net at two threads; so it is the thread count, not the
+network.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from engine.networks import build_network, count_parameters
+
+NNUNET_NETWORKS = Path(__file__).parent / "fixtures" / "nnunet_network"
 
 SYNTH_3D_FULLRES = {
     "network": "plain_unet",
@@ -183,3 +203,110 @@ def test_missing_key_is_named():
     del arch["strides"]
     with pytest.raises(ValueError, match="strides"):
         build_network(arch, in_channels=1, num_classes=2)
+
+
+# The stored nnU-Net networks (tests/fixtures/nnunet_network/networks.json) as Voxelbase plan architectures.
+PARITY_ARCHITECTURES = {
+    "plain_unet_3d": {
+        "network": "plain_unet",
+        "conv_dims": 3,
+        "n_stages": 4,
+        "features_per_stage": [8, 16, 32, 32],
+        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
+        "n_conv_per_stage": [2, 2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2, 2],
+    },
+    "resenc_unet_3d": {
+        "network": "resenc_unet",
+        "conv_dims": 3,
+        "n_stages": 4,
+        "features_per_stage": [8, 16, 32, 32],
+        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
+        "n_conv_per_stage": [1, 2, 2, 1],
+        "n_conv_per_stage_decoder": [1, 1, 1],
+    },
+    "plain_unet_2d": {
+        "network": "plain_unet",
+        "conv_dims": 2,
+        "n_stages": 4,
+        "features_per_stage": [8, 16, 32, 64],
+        "kernel_sizes": [[3, 3]] * 4,
+        "strides": [[1, 1], [2, 2], [2, 2], [2, 1]],
+        "n_conv_per_stage": [2, 2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2, 2],
+    },
+}
+
+
+@pytest.fixture
+def one_thread():
+    """The fixtures were made with one intra-op thread; the 1x1 heads' CPU kernel depends on it (see above)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _nnunet_as_architecture(entry: dict) -> dict:
+    """nnU-Net's stored plan architecture (class name + arch_kwargs) in Voxelbase's terms."""
+    kwargs = entry["arch_kwargs"]
+    residual = entry["network_class_name"].endswith(".ResidualEncoderUNet")
+    return {
+        "network": "resenc_unet" if residual else "plain_unet",
+        "conv_dims": int(kwargs["conv_op"][-2]),  # torch.nn.modules.conv.Conv3d
+        "n_stages": kwargs["n_stages"],
+        "features_per_stage": kwargs["features_per_stage"],
+        "kernel_sizes": kwargs["kernel_sizes"],
+        "strides": kwargs["strides"],
+        "n_conv_per_stage": kwargs["n_blocks_per_stage" if residual else "n_conv_per_stage"],
+        "n_conv_per_stage_decoder": kwargs["n_conv_per_stage_decoder"],
+    }
+
+
+def _load_nnunet_parameters(network: torch.nn.Module, stored, nnunet_names: list[str]) -> None:
+    """Copy nnU-Net's parameters (its `named_parameters()` order) onto `network`, checking every shape."""
+    ours = list(network.named_parameters())
+    assert len(ours) == len(nnunet_names), f"{len(ours)} parameter tensors here, nnU-Net has {len(nnunet_names)}"
+    assert not list(network.buffers())  # instance norms keep no running statistics, as in nnU-Net
+    mismatched = []
+    with torch.no_grad():
+        for i, ((name, param), theirs) in enumerate(zip(ours, nnunet_names, strict=True)):
+            value = torch.from_numpy(stored[f"param_{i:03d}"])
+            if value.shape != param.shape:
+                mismatched.append(f"{name} {tuple(param.shape)} vs nnU-Net {theirs} {tuple(value.shape)}")
+                continue
+            param.copy_(value)
+    assert not mismatched, "parameter shapes differ from nnU-Net's:\n" + "\n".join(mismatched)
+
+
+@pytest.mark.parametrize("name", list(PARITY_ARCHITECTURES))
+def test_outputs_equal_stored_nnunet(name, one_thread):
+    entry = json.loads((NNUNET_NETWORKS / "networks.json").read_text())[name]
+    architecture = PARITY_ARCHITECTURES[name]
+    assert _nnunet_as_architecture(entry) == architecture
+    stored = np.load(NNUNET_NETWORKS / f"{name}.npz")
+    network = build_network(
+        architecture, in_channels=entry["input_channels"], num_classes=entry["num_classes"], deep_supervision=True
+    )
+    assert count_parameters(network) == entry["parameter_count"]
+    _load_nnunet_parameters(network, stored, entry["parameter_names"])
+    x = torch.from_numpy(stored["input"])
+
+    network.eval()
+    with torch.no_grad():
+        outputs = network(x)
+    assert len(outputs) == entry["arch_kwargs"]["n_stages"] - 1
+    for i, output in enumerate(outputs):
+        assert torch.equal(output, torch.from_numpy(stored[f"eval_out_{i}"])), f"eval output {i}"
+
+    network.train()
+    x = x.clone().requires_grad_()
+    outputs = network(x)
+    for i, output in enumerate(outputs):
+        assert torch.equal(output.detach(), torch.from_numpy(stored[f"train_out_{i}"])), f"train output {i}"
+    objective = sum((o * o).mean() for o in outputs)
+    (input_grad,) = torch.autograd.grad(objective, x)
+    assert float(objective.detach()) == float(stored["objective"])
+    assert torch.equal(input_grad, torch.from_numpy(stored["input_grad"]))
