@@ -7,8 +7,13 @@ their own end-of-fold validation (sliding window with mirroring, on the original
 `validation/summary.json` against Voxelbase's `metrics` table. nnU-Net's budget is set by a trainer variant
 (three numbers on top of `nnUNetTrainer`) written into its own installation, never into this repository.
 
-    python -m benchmarks.learning [--shape 24 48 48] [--folds 0 1 2] [--epochs 3] [--iterations 40]
+    python -m benchmarks.learning [--shape 24 48 48] [--folds 0 1 2] [--seeds 0] [--epochs 3] [--iterations 40]
                                   [--val-iterations 10] [--work DIR] [--skip-nnunet]
+
+With several `--seeds`, both systems train every (fold, seed) pair: Voxelbase with `train.seed = 12345 + seed`,
+nnU-Net with a trainer variant that seeds torch, numpy and random with the same number before building its network.
+The paired difference (Voxelbase minus nnU-Net, per label, of each pair's mean case Dice) is reported with its mean
+and a 95% t-interval: one run per fold cannot tell a real gap from seed noise, pairs can.
 
 Results go to benchmarks/out/learning.json after every fold, so a long run can be read while it goes on; run
 again with the same --work folder, folds already trained by either system are read, not retrained.
@@ -52,25 +57,40 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 class {name}(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        import random
+
+        import numpy as np
+
         super().__init__(plans, configuration, fold, dataset_json, device)
+        torch.manual_seed({seed})
+        np.random.seed({seed})
+        random.seed({seed})
         self.num_epochs = {epochs}
         self.num_iterations_per_epoch = {iterations}
         self.num_val_iterations_per_epoch = {val_iterations}
 '''
 
 
-def voxelbase_spec(path: Path, *, epochs: int, iterations: int, val_iterations: int) -> Path:
+SEED_BASE = 12345  # Voxelbase's default train.seed; seed k of the benchmark is SEED_BASE + k on both sides
+
+
+def experiment_name(seed: int) -> str:
+    return EXPERIMENT if seed == 0 else f"{EXPERIMENT}_s{seed}"
+
+
+def voxelbase_spec(path: Path, *, epochs: int, iterations: int, val_iterations: int, seed: int = 0) -> Path:
     path.write_text(
-        f'name = "{EXPERIMENT}"\ndataset = "{DATASET}"\n\n[train]\nconfigurations = ["3d_fullres"]\n'
+        f'name = "{experiment_name(seed)}"\ndataset = "{DATASET}"\n\n[train]\nconfigurations = ["3d_fullres"]\n'
         f"epochs = {epochs}\niterations_per_epoch = {iterations}\nval_iterations = {val_iterations}\n"
-        f'device = "cpu"\ncheckpoint_every = {epochs}\n'
+        f'device = "cpu"\ncheckpoint_every = {epochs}\nseed = {SEED_BASE + seed}\n'
     )
     return path
 
 
-def install_trainer(*, epochs: int, iterations: int, val_iterations: int) -> str:
-    """Write nnU-Net's trainer variant for this budget into nnU-Net's own package (found by its class search)."""
-    name = f"nnUNetTrainer_vb{epochs}x{iterations}x{val_iterations}"
+def install_trainer(*, epochs: int, iterations: int, val_iterations: int, seed: int = 0) -> str:
+    """Write nnU-Net's trainer variant for this budget and seed into nnU-Net's own package (found by its class
+    search)."""
+    name = f"nnUNetTrainer_vb{epochs}x{iterations}x{val_iterations}" + (f"s{seed}" if seed else "")
     package = subprocess.run(
         [str(NNUNET_VENV / "bin" / "python"), "-c", "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"],
         check=True,
@@ -78,7 +98,9 @@ def install_trainer(*, epochs: int, iterations: int, val_iterations: int) -> str
         text=True,
     ).stdout.strip()
     target = Path(package) / "training" / "nnUNetTrainer" / "variants" / "training_length" / f"{name}.py"
-    text = TRAINER_TEMPLATE.format(name=name, epochs=epochs, iterations=iterations, val_iterations=val_iterations)
+    text = TRAINER_TEMPLATE.format(
+        name=name, epochs=epochs, iterations=iterations, val_iterations=val_iterations, seed=SEED_BASE + seed
+    )
     if not target.exists() or target.read_text() != text:
         target.write_text(text)
     return name
@@ -91,7 +113,7 @@ def our_splits(project: Path) -> list[dict]:
     return [{"train": list(splits[k]["train"]), "val": list(splits[k]["val"])} for k in sorted(splits, key=int)]
 
 
-def our_dice(project: Path, fold: int) -> dict[int, list[float]]:
+def our_dice(project: Path, fold: int, experiment: str = EXPERIMENT) -> dict[int, list[float]]:
     """Per label, the validation Dice of each case of the newest finished run of this fold (None dropped)."""
     from engine.catalog.queries import run_query
 
@@ -99,7 +121,7 @@ def our_dice(project: Path, fold: int) -> dict[int, list[float]]:
         "SELECT label, dice FROM metrics WHERE run_id = (SELECT max(run_id) FROM runs WHERE experiment = ? "
         "AND fold = ? AND kind = 'train' AND status = 'finished')",
         project=project,
-        params=[EXPERIMENT, str(fold)],
+        params=[experiment, str(fold)],
     ).to_pylist()
     out: dict[int, list[float]] = {label: [] for label in LABELS}
     for row in rows:
@@ -108,7 +130,7 @@ def our_dice(project: Path, fold: int) -> dict[int, list[float]]:
     return out
 
 
-def our_epoch_seconds(project: Path, fold: int) -> float:
+def our_epoch_seconds(project: Path, fold: int, experiment: str = EXPERIMENT) -> float:
     """Seconds spent in the epochs (training and validation iterations) of the newest finished run of a fold."""
     from engine.catalog.queries import run_query
 
@@ -116,7 +138,7 @@ def our_epoch_seconds(project: Path, fold: int) -> float:
         "SELECT sum(seconds) AS s FROM epochs WHERE run_id = (SELECT max(run_id) FROM runs WHERE experiment = ? "
         "AND fold = ? AND kind = 'train' AND status = 'finished')",
         project=project,
-        params=[EXPERIMENT, str(fold)],
+        params=[experiment, str(fold)],
     ).to_pylist()[0]["s"]
 
 
@@ -143,15 +165,34 @@ def nnunet_dice(folder: Path) -> dict[int, list[float]]:
     return out
 
 
-def fold_means(per_fold: dict[int, dict[int, list[float]]]) -> dict[int, list[float]]:
-    """Per label, the mean case Dice of each fold (a fold with no scorable case is left out)."""
-    return {label: [statistics.fmean(cases[label]) for cases in per_fold.values() if cases[label]] for label in LABELS}
-
-
 def spread(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _run_means(runs: dict) -> dict[str, dict[int, float]]:
+    """'fold:seed' -> label -> mean case Dice of that run (labels with no scorable case left out)."""
+    return {
+        key: {int(label): statistics.fmean(values) for label, values in per_label.items() if values}
+        for key, per_label in runs.items()
+    }
+
+
+def paired_difference(ours: dict, theirs: dict, label: int) -> dict | None:
+    """Mean of the per-pair differences (Voxelbase - nnU-Net) over pairs both systems finished, with a 95%
+    t-interval (scipy's t quantile); None without pairs."""
+    from scipy.stats import t as student_t
+
+    mine, other = _run_means(ours), _run_means(theirs)
+    diffs = [mine[k][label] - other[k][label] for k in mine if k in other and label in mine[k] and label in other[k]]
+    if not diffs:
+        return None
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return {"n_pairs": 1, "mean": mean, "ci95": None}
+    half = student_t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return {"n_pairs": len(diffs), "mean": mean, "ci95": [mean - half, mean + half]}
 
 
 def summarize(payload: dict) -> list[dict]:
@@ -159,9 +200,17 @@ def summarize(payload: dict) -> list[dict]:
     for label, name in LABELS.items():
         row = {"label": f"{label} {name}"}
         for system in ("voxelbase", "nnunet"):
-            folds = payload[system]["dice_per_fold"]
-            mean, std = spread(fold_means({int(k): {int(a): b for a, b in v.items()} for k, v in folds.items()})[label])
-            row[system] = "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
+            means = [m[label] for m in _run_means(payload[system]["dice_per_run"]).values() if label in m]
+            mean, std = spread(means)
+            row[system] = "-" if mean is None else f"{mean:.3f} ± {std:.3f} (n={len(means)})"
+        paired = paired_difference(payload["voxelbase"]["dice_per_run"], payload["nnunet"]["dice_per_run"], label)
+        if paired is None:
+            row["paired_difference"] = "-"
+        elif paired["ci95"] is None:
+            row["paired_difference"] = f"{paired['mean']:+.3f} (1 pair)"
+        else:
+            lo, hi = paired["ci95"]
+            row["paired_difference"] = f"{paired['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({paired['n_pairs']} pairs)"
         rows.append(row)
     return rows
 
@@ -170,6 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[24, 48, 48])
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seed k trains with seed 12345 + k")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--val-iterations", type=int, default=10)
@@ -189,18 +239,19 @@ def main() -> None:
         "configuration": "3d_fullres",
         "budget": budget,
         "folds": args.folds,
+        "seeds": args.seeds,
         "torch_threads": threads,
-        "std": "sample standard deviation over folds of the per-fold mean case Dice",
+        "std": "sample standard deviation over (fold, seed) runs of the per-run mean case Dice",
+        "paired_difference": "Voxelbase - nnU-Net per (fold, seed) pair: mean and 95% t-interval",
         "epoch_seconds": "sum of per-epoch wall seconds (training + validation iterations) on a shared CPU: noisy",
-        "voxelbase": {"dice_per_fold": {}, "epoch_seconds_per_fold": {}},
-        "nnunet": {"dice_per_fold": {}, "epoch_seconds_per_fold": {}},
+        "voxelbase": {"dice_per_run": {}, "epoch_seconds_per_run": {}},
+        "nnunet": {"dice_per_run": {}, "epoch_seconds_per_run": {}},
     }
 
     if not (project / "catalog.duckdb").exists():
         timed(voxelbase_command("ingest", str(raw), "--name", DATASET), env=env)
         timed(voxelbase_command("plan", DATASET), env=env)
     timed(voxelbase_command("preprocess", DATASET, "--configuration", "3d_fullres"), env=env)
-    spec = voxelbase_spec(work / "learning.toml", **budget)
     from engine.planning import load_plan
 
     plan = load_plan(project, DATASET, configuration="3d_fullres")
@@ -218,25 +269,31 @@ def main() -> None:
         (preprocessed / "splits_final.json").write_text(json.dumps(our_splits(project), indent=1))
         nn_plan = json.loads((preprocessed / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"]
         payload["nnunet"]["plan"] = {"patch_size": nn_plan["patch_size"], "batch_size": nn_plan["batch_size"]}
-        trainer = install_trainer(**budget)
-        payload["nnunet"]["trainer"] = trainer
+        trainers = {seed: install_trainer(**budget, seed=seed) for seed in args.seeds}
+        payload["nnunet"]["trainers"] = trainers
     elif not args.skip_nnunet:
         print(f"nnU-Net not found in {NNUNET_VENV}: Voxelbase only")
 
-    for fold in args.folds:  # a fold either system has finished before (same work folder) is not trained again
-        timed(voxelbase_command("train", str(spec), "--fold", str(fold)), env=env)
-        payload["voxelbase"]["epoch_seconds_per_fold"][fold] = our_epoch_seconds(project, fold)
-        payload["voxelbase"]["dice_per_fold"][fold] = our_dice(project, fold)
-        if run_nnunet:
-            folder = nnunet_fold(Path(nn_env["nnUNet_results"]), trainer, fold)
-            if not (folder / "validation" / "summary.json").exists():
-                command = nnunet_command("nnUNetv2_train", str(NNUNET_ID), "3d_fullres", str(fold), "-tr", trainer)
-                timed([*command, "-device", "cpu"], env=nn_env)
-            payload["nnunet"]["epoch_seconds_per_fold"][fold] = nnunet_epoch_seconds(folder)
-            payload["nnunet"]["dice_per_fold"][fold] = nnunet_dice(folder)
-        payload["table"] = summarize(payload)
-        write_results("learning", payload)
-        print_table(f"validation Dice after fold {fold} (mean ± std over folds)", payload["table"])
+    for seed in args.seeds:  # a run either system has finished before (same work folder) is not trained again
+        spec = voxelbase_spec(work / f"learning_s{seed}.toml", **budget, seed=seed)
+        for fold in args.folds:
+            key = f"{fold}:{seed}"
+            timed(voxelbase_command("train", str(spec), "--fold", str(fold)), env=env)
+            name = experiment_name(seed)
+            payload["voxelbase"]["epoch_seconds_per_run"][key] = our_epoch_seconds(project, fold, name)
+            payload["voxelbase"]["dice_per_run"][key] = our_dice(project, fold, name)
+            if run_nnunet:
+                folder = nnunet_fold(Path(nn_env["nnUNet_results"]), trainers[seed], fold)
+                if not (folder / "validation" / "summary.json").exists():
+                    command = nnunet_command(
+                        "nnUNetv2_train", str(NNUNET_ID), "3d_fullres", str(fold), "-tr", trainers[seed]
+                    )
+                    timed([*command, "-device", "cpu"], env=nn_env)
+                payload["nnunet"]["epoch_seconds_per_run"][key] = nnunet_epoch_seconds(folder)
+                payload["nnunet"]["dice_per_run"][key] = nnunet_dice(folder)
+            payload["table"] = summarize(payload)
+            write_results("learning", payload)
+            print_table(f"validation Dice after fold {fold}, seed {seed} (mean ± std over runs)", payload["table"])
 
 
 if __name__ == "__main__":
