@@ -16,8 +16,7 @@ import numpy as np
 
 from engine.errors import VoxelbaseError
 from engine.images import Geometry, ImageFileError, read_channels
-from engine.ingest.errors import IngestError
-from engine.ingest.layouts import check_case_id
+from engine.store.layout import unsafe_name
 
 # `<case>_<cccc><ending>`: the case id is greedy, so 'a_0000_0001.nii.gz' is channel 1 of case 'a_0000'
 INPUT_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.[A-Za-z0-9][A-Za-z0-9.]*)$")
@@ -68,10 +67,10 @@ def list_input_cases(
                     "per channel"
                 )
             continue  # not an image (a dataset.json, notes, ...)
-        try:
-            case_id = check_case_id(match["case"], where=path)
-        except IngestError as error:
-            raise PredictionError(str(error)) from error
+        case_id = match["case"]
+        problem = unsafe_name(case_id)
+        if problem:
+            raise PredictionError(f"{path}: case id {problem}")
         ending = match["ending"]
         if endings.setdefault(case_id, ending) != ending:
             raise PredictionError(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from engine.catalog.datasets import LabelRow, has_region_labels, ignore_label_of
 from engine.ingest.errors import IngestError
+from engine.store.layout import unsafe_name
 
-SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 NNUNET_REQUIRED = ("channel_names", "labels", "numTraining", "file_ending")
 MSD_REQUIRED = ("modality", "labels", "training")
 
@@ -64,8 +64,9 @@ class DatasetSource:
 
 
 def check_case_id(case_id: str, *, where: Path) -> str:
-    if not SAFE_CASE_ID.match(case_id) or ".." in case_id:
-        raise IngestError(f"{where}: case id {case_id!r} is not a safe name (letters, digits, '.', '_', '-'; no '..')")
+    problem = unsafe_name(case_id)
+    if problem:
+        raise IngestError(f"{where}: case id {problem}")
     return case_id
 
 

@@ -8,6 +8,7 @@ Layout: `store/<dataset>/raw/<case>/{image,label}` as ingested and
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,14 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from engine.project import Project
 
 RAW_STAGE = "raw"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # case ids and dataset names become folder names
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why `name` cannot be a folder of the store (a case id or a dataset name), or None when it can."""
+    if not SAFE_NAME.match(name) or ".." in name:
+        return f"{name!r} is not a safe name (letters, digits, '.', '_', '-'; no '..')"
+    return None
 RAW_CHUNK_EDGE = 64  # raw cases are read whole by preprocessing; 64^3 keeps chunks ~0.5 MB for int16
 
 
