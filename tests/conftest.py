@@ -163,3 +163,13 @@ def write_nifti(array: np.ndarray, path: Path, *, spacing=(3.0, 0.8, 0.8), origi
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path))
     return path
+
+
+def tiny_spec(*, name: str = "tiny", dataset: str = "demo", folds: str = "[0, 1]", source: str | None = None) -> str:
+    """The spec of a tiny experiment the tests train in seconds: 3d_fullres, 1 epoch of 2 iterations, no TTA."""
+    ingest = f'[ingest]\nsource = "{source}"\n' if source is not None else ""
+    return (
+        f'name = "{name}"\ndataset = "{dataset}"\n{ingest}[train]\nconfigurations = ["3d_fullres"]\n'
+        f"folds = {folds}\nepochs = 1\niterations_per_epoch = 2\nval_iterations = 1\nnum_workers = 1\n"
+        "[predict]\ntta = false\n"
+    )

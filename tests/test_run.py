@@ -8,23 +8,9 @@ import pytest
 
 from engine.catalog.queries import run_query
 from engine.ingest.demo import write_demo_dataset
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_spec
 
-SPEC = """
-name = "tiny"
-dataset = "demo"
-[ingest]
-source = "raw"
-[train]
-configurations = ["3d_fullres"]
-folds = [0, 1]
-epochs = 1
-iterations_per_epoch = 2
-val_iterations = 1
-num_workers = 1
-[predict]
-tta = false
-"""
+SPEC = tiny_spec(source="raw")
 
 
 @pytest.fixture

@@ -13,23 +13,9 @@ import pytest
 from engine.catalog.queries import run_query
 from engine.ingest.demo import write_demo_dataset
 from engine.project import Project
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_spec
 
-SPEC = """
-name = "keys"
-dataset = "demo"
-[ingest]
-source = "{source}"
-[train]
-configurations = ["3d_fullres"]
-folds = [0, 1]
-epochs = 1
-iterations_per_epoch = 2
-val_iterations = 1
-num_workers = 1
-[predict]
-tta = false
-"""
+SPEC = tiny_spec(name="keys", source="{source}")
 TRAIN = ["train:3d_fullres:0", "train:3d_fullres:1"]
 VALIDATE = ["validate:3d_fullres:0", "validate:3d_fullres:1"]
 SCORE = ["score:3d_fullres:0", "score:3d_fullres:1"]

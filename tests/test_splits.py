@@ -14,22 +14,10 @@ from engine.planning import default_splits, load_splits
 from engine.project import Project
 from engine.spec import load_spec
 from engine.workflow.keys import data_fingerprint
-from tests.conftest import catalog_snapshot, run_cli
+from tests.conftest import catalog_snapshot, run_cli, tiny_spec
 
 TINY = (12, 24, 24)
-SPEC = """
-name = "{name}"
-dataset = "{dataset}"
-[train]
-configurations = ["3d_fullres"]
-folds = {folds}
-epochs = 1
-iterations_per_epoch = 2
-val_iterations = 1
-num_workers = 1
-[predict]
-tta = false
-"""
+SPEC = tiny_spec(name="{name}", dataset="{dataset}", folds="{folds}")
 
 
 @pytest.fixture(scope="module")
