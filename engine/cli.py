@@ -271,7 +271,7 @@ def report(ctx: click.Context, experiment: str, output: Path) -> None:
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--configuration", "-c", default=None, help="Train only this configuration (default: the spec's).")
-@click.option("--fold", "-f", default=None, help="Train only this fold: 0-4 or all (default: the spec's folds).")
+@click.option("--fold", "-f", default=None, help="Train only this fold: a fold of the dataset's splits (0-4 by default) or all (default: the spec's folds).")
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key, e.g. train.epochs=50."
 )
@@ -313,7 +313,14 @@ def run_command(ctx: click.Context, spec: Path, dry_run: bool, overrides) -> Non
 
 
 @cli.command(context_settings={"ignore_unknown_options": False, "allow_extra_args": True})
-@click.option("--experiment", "-e", required=True, help="Trained experiment (its name in the catalog).")
+@click.option("--experiment", "-e", default=None, help="Trained experiment (its name in the catalog).")
+@click.option(
+    "--model",
+    "-m",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A model bundle (folder or .zip from voxelbase export), instead of --experiment; needs no project.",
+)
 @click.option("--input", "input_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--configuration", "-c", default=None, help="Configuration or 'ensemble:A+B' (default: the selection).")
@@ -323,15 +330,20 @@ def run_command(ctx: click.Context, spec: Path, dry_run: bool, overrides) -> Non
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the spec's predict.device).")
 @click.option("--save-probabilities", is_flag=True, help="Also write <case>.npz class probabilities.")
 @click.pass_context
-def predict(ctx: click.Context, experiment, input_dir, output_dir, configuration, folds, no_tta, **options) -> None:
-    """Segment images (imagesTs layout) with a trained experiment, written with their original geometry."""
+def predict(
+    ctx: click.Context, experiment, model, input_dir, output_dir, configuration, folds, no_tta, **options
+) -> None:
+    """Segment images (imagesTs layout) with a trained experiment or a model bundle, in their original geometry."""
     from engine.inference.predict import predict as predict_images
 
+    if (experiment is None) == (model is None):
+        raise UserError("give --experiment NAME or --model BUNDLE" + (", not both" if model is not None else ""))
     extra = list(ctx.args)  # `--folds 0 1 2`: click hands the values after the first over as extra arguments
     if extra and (not folds or not all(a.isdigit() or a == "all" for a in extra)):
         raise UserError(f"unexpected argument(s): {' '.join(extra)}")
     written = predict_images(
         experiment,
+        model=model,
         input_dir=input_dir,
         output_dir=output_dir,
         project=_project(ctx),
@@ -341,6 +353,49 @@ def predict(ctx: click.Context, experiment, input_dir, output_dir, configuration
         **options,
     )
     click.echo(f"wrote {len(written)} segmentation(s) to {output_dir}")
+
+
+def _fold_values(ctx: click.Context, folds) -> list[str] | None:
+    """`--folds 0 1 2`: click hands the values after the first over as extra arguments."""
+    extra = list(ctx.args)
+    if extra and (not folds or not all(a.isdigit() or a == "all" for a in extra)):
+        raise UserError(f"unexpected argument(s): {' '.join(extra)}")
+    return [f for value in (*folds, *extra) for f in value.replace(",", " ").split()] or None
+
+
+@cli.command(context_settings={"ignore_unknown_options": False, "allow_extra_args": True})
+@click.argument("experiment")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="Bundle folder, or a .zip file.")
+@click.option("--configuration", "-c", default=None, help="Configuration or 'ensemble:A+B' (default: the selection).")
+@click.option("--folds", "-f", multiple=True, help="Folds to include, e.g. --folds 0 1 (default: all trained).")
+@click.option("--replace", is_flag=True, help="Overwrite an existing bundle at --output.")
+@click.pass_context
+def export(ctx: click.Context, experiment, output, configuration, folds, replace) -> None:
+    """Write a self-contained model bundle (plans, safetensors weights, manifest with sha256) of an experiment."""
+    from engine.inference.bundle_project import export_bundle
+
+    result = export_bundle(
+        experiment,
+        output,
+        project=_project(ctx),
+        configuration=configuration,
+        folds=_fold_values(ctx, folds),
+        replace_existing=replace,
+    )
+    click.echo(result.summary())
+
+
+@cli.command("import-model")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--name", default=None, help="Experiment name in this project (default: the bundle's).")
+@click.option("--replace", is_flag=True, help="Replace an existing experiment of that name.")
+@click.pass_context
+def import_model(ctx: click.Context, bundle: Path, name: str | None, replace: bool) -> None:
+    """Register a model bundle as an experiment of the project (predict --experiment, compare and SQL see it)."""
+    from engine.inference.bundle_project import import_bundle
+
+    result = import_bundle(bundle, project=_project(ctx), name=name, replace_existing=replace)
+    click.echo(result.summary())
 
 
 def main() -> None:

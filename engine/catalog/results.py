@@ -237,3 +237,13 @@ def postprocessing_decisions(con: duckdb.DuckDBPyConnection, experiment: str) ->
         "SELECT configuration, decision FROM postprocessing WHERE experiment = ? ORDER BY configuration", [experiment]
     ).fetchall()
     return {configuration: json.loads(decision) for configuration, decision in rows}
+
+
+def forget_experiment_results(con: duckdb.DuckDBPyConnection, experiment: str) -> None:
+    """Drop an experiment's metrics, postprocessing decisions and selection (before its runs are dropped)."""
+    con.execute(
+        "DELETE FROM metrics WHERE run_id IN (SELECT run_id FROM runs WHERE experiment = ? AND kind <> 'evaluation')",
+        [experiment],
+    )
+    con.execute("DELETE FROM postprocessing WHERE experiment = ?", [experiment])
+    con.execute("DELETE FROM selections WHERE experiment = ?", [experiment])

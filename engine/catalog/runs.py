@@ -194,3 +194,14 @@ def result_epochs(con: duckdb.DuckDBPyConnection, experiment: str) -> list[tuple
         "WHERE r.experiment = ? AND r.kind = 'train' ORDER BY r.configuration, r.fold, e.epoch",
         [experiment],
     ).fetchall()
+
+
+def forget_experiment_runs(con: duckdb.DuckDBPyConnection, experiment: str) -> None:
+    """Drop an experiment, its runs and their epochs (an imported model replacing it); its result rows go first,
+    through `results.forget_experiment_results`."""
+    con.execute(
+        "DELETE FROM epochs WHERE run_id IN (SELECT run_id FROM runs WHERE experiment = ? AND kind <> 'evaluation')",
+        [experiment],
+    )
+    con.execute("DELETE FROM runs WHERE experiment = ? AND kind <> 'evaluation'", [experiment])
+    con.execute("DELETE FROM experiments WHERE name = ?", [experiment])

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from engine.catalog import connect
 from engine.catalog.datasets import channel_names, training_spacing_range
 from engine.images import TWO_D_SPACING, Geometry, write_probabilities, write_segmentation
+from engine.inference.bundle import load_bundle_models
 from engine.inference.inputs import (
     InputCase,
     PredictionError,
@@ -56,8 +57,9 @@ __all__ = ["PredictionError", "PredictionWarning", "predict"]
 
 
 def predict(
-    experiment: str,
+    experiment: str | None = None,
     *,
+    model: str | os.PathLike | None = None,
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     project: Project | str | None = None,
@@ -71,20 +73,30 @@ def predict(
 ) -> list[Path]:
     """Segment every case in `input_dir` (imagesTs layout) into `output_dir`; returns the written segmentations.
 
+    The models are an `experiment` of the project, or a `model` bundle (`voxelbase export`), which needs no
+    project: it carries the channel names and training spacing range the catalog would give.
+
     `configuration` None uses the experiment's recorded selection (a configuration or an ensemble), else its only
     trained configuration. `folds` None uses every finished cross-validation fold (fold 'all' when there are
     none). `tta`, `batch_windows` and `device` default to the experiment spec's `[predict]` section.
     `save_probabilities` also writes `<case>.npz` (float16 class probabilities in the original geometry).
     """
-    project = Project.resolve(project)
+    if (experiment is None) == (model is None):
+        both = "not both" if model is not None else "one is needed"
+        raise PredictionError(f"give an experiment or a model bundle to predict with ({both})")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     check_output_dir(input_dir, output_dir)
     if batch_windows is not None and batch_windows < 1:
         raise PredictionError(f"batch_windows must be at least 1, got {batch_windows}")
-    models = load_models(experiment, project=project, configuration=configuration, folds=folds, device=device)
-    with connect(project, read_only=True) as con:
-        names = channel_names(con, models.dataset)
-        spacing_range = training_spacing_range(con, models.dataset)
+    if model is not None:
+        bundle = load_bundle_models(model, configuration=configuration, folds=folds, device=device)
+        models, names, spacing_range = bundle.models, bundle.channel_names, bundle.spacing_range
+    else:
+        project = Project.resolve(project)
+        models = load_models(experiment, project=project, configuration=configuration, folds=folds, device=device)
+        with connect(project, read_only=True) as con:
+            names = channel_names(con, models.dataset)
+            spacing_range = training_spacing_range(con, models.dataset)
     names = names if len(names) == models.n_channels else None
     cases = list_input_cases(input_dir, n_channels=models.n_channels, channel_names=names)
     spec = _prediction_spec(models.spec, tta=tta, batch_windows=batch_windows)
