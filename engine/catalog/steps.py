@@ -40,3 +40,9 @@ def step_keys(con: duckdb.DuckDBPyConnection, experiment: str, steps: Sequence[s
         "WHERE experiment = ? AND list_contains(?, step) ORDER BY step",
         [experiment, list(steps)],
     ).fetchall()
+
+
+def forget_steps(con: duckdb.DuckDBPyConnection, experiment: str) -> None:
+    """Drop what `run` recorded for an experiment whose results were replaced from elsewhere (an imported model):
+    its next `run` decides afresh instead of trusting keys of results that are gone."""
+    con.execute("DELETE FROM steps WHERE experiment = ?", [experiment])

@@ -26,6 +26,7 @@ from engine.catalog.results import (
     selection,
 )
 from engine.catalog.runs import experiment_row, forget_experiment_runs, record_experiment, record_finished_run
+from engine.catalog.steps import forget_steps
 from engine.inference.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
@@ -258,6 +259,7 @@ def _record_import(project: Project, experiment: str, spec, manifest: dict, conf
     with transaction(project) as con:
         forget_experiment_results(con, experiment)
         forget_experiment_runs(con, experiment)
+        forget_steps(con, experiment)
         record_experiment(con, name=experiment, dataset=manifest["dataset"], spec=spec.to_dict(), spec_hash=spec_hash)
         for configuration, folds in configurations.items():
             for fold in folds:
