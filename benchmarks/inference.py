@@ -114,9 +114,7 @@ def _save_voxelbase_model(project: Path, *, experiment: str, plan: dict, seed: i
         plan=plan_dict,
         state={},
     )
-    records.record_experiment(
-        proj, name=experiment, dataset=plan.dataset, spec=spec.to_dict(), spec_hash=spec.hash()
-    )
+    records.record_experiment(proj, name=experiment, dataset=plan.dataset, spec=spec.to_dict(), spec_hash=spec.hash())
     run_id = records.start_run(
         proj,
         experiment=experiment,
@@ -267,7 +265,10 @@ def main() -> None:
         }
         intensities = nn_plans["foreground_intensity_properties_per_channel"]
         normalization = [  # nnU-Net's sampled intensity statistics, so both normalise identically
-            {**entry.to_dict(), **{k: intensities[str(c)][k] for k in ("mean", "std", "percentile_00_5", "percentile_99_5")}}
+            {
+                **entry.to_dict(),
+                **{k: intensities[str(c)][k] for k in ("mean", "std", "percentile_00_5", "percentile_99_5")},
+            }
             for c, entry in enumerate(plan.normalization)
         ]
         plan = {

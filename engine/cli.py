@@ -271,7 +271,12 @@ def report(ctx: click.Context, experiment: str, output: Path) -> None:
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--configuration", "-c", default=None, help="Train only this configuration (default: the spec's).")
-@click.option("--fold", "-f", default=None, help="Train only this fold: a fold of the dataset's splits (0-4 by default) or all (default: the spec's folds).")
+@click.option(
+    "--fold",
+    "-f",
+    default=None,
+    help="Train only this fold: a fold of the dataset's splits (0-4 by default) or all (default: the spec's folds).",
+)
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key, e.g. train.epochs=50."
 )

@@ -285,7 +285,9 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Plan:
-        return cls({name: ConfigurationPlan.from_dict(c) for name, c in _need(data, "configurations", "a plan").items()})
+        return cls(
+            {name: ConfigurationPlan.from_dict(c) for name, c in _need(data, "configurations", "a plan").items()}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"configurations": {name: c.to_dict() for name, c in self.configurations.items()}}

@@ -195,7 +195,9 @@ def dataset_names(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def channel_names(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:
-    return [r[0] for r in con.execute("SELECT name FROM channels WHERE dataset = ? ORDER BY channel", [dataset]).fetchall()]
+    return [
+        r[0] for r in con.execute("SELECT name FROM channels WHERE dataset = ? ORDER BY channel", [dataset]).fetchall()
+    ]
 
 
 def foreground_label_values(con: duckdb.DuckDBPyConnection, dataset: str) -> list[int]:
@@ -210,7 +212,9 @@ def case_geometries(
     con: duckdb.DuckDBPyConnection, dataset: str, case_ids: Sequence[str] | None = None, *, labelled: bool = False
 ) -> dict[str, Geometry]:
     """case id -> ingested geometry, for the given cases (all when None; only labelled ones with `labelled`)."""
-    query = "SELECT case_id, spacing, origin, direction FROM cases WHERE dataset = ? AND (NOT ? OR label_file IS NOT NULL)"
+    query = (
+        "SELECT case_id, spacing, origin, direction FROM cases WHERE dataset = ? AND (NOT ? OR label_file IS NOT NULL)"
+    )
     params: list = [dataset, labelled]
     if case_ids is not None:
         query += " AND list_contains(?, case_id)"
@@ -294,7 +298,9 @@ def fingerprint_rows(con: duckdb.DuckDBPyConnection, dataset: str) -> Fingerprin
         "FROM fingerprint_intensity WHERE dataset = ? ORDER BY channel",
         [dataset],
     ).fetchall()
-    channels = con.execute("SELECT channel, name FROM channels WHERE dataset = ? ORDER BY channel", [dataset]).fetchall()
+    channels = con.execute(
+        "SELECT channel, name FROM channels WHERE dataset = ? ORDER BY channel", [dataset]
+    ).fetchall()
     labels: dict[str, Any] = {}
     for name, value, regions in con.execute(
         "SELECT name, value, region_values FROM labels WHERE dataset = ? "

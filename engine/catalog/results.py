@@ -106,7 +106,9 @@ def record_evaluation(
     )
 
 
-def record_postprocessing(con: duckdb.DuckDBPyConnection, *, experiment: str, configuration: str, decision: dict) -> None:
+def record_postprocessing(
+    con: duckdb.DuckDBPyConnection, *, experiment: str, configuration: str, decision: dict
+) -> None:
     """Store a decision (replacing an earlier one)."""
     con.execute(
         "INSERT OR REPLACE INTO postprocessing (experiment, configuration, decision, created_at) "

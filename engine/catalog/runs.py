@@ -150,7 +150,9 @@ def forget_epochs_after(con: duckdb.DuckDBPyConnection, run_id: int, epoch: int)
     con.execute("DELETE FROM epochs WHERE run_id = ? AND epoch > ?", [run_id, epoch])
 
 
-def finished_folds(con: duckdb.DuckDBPyConnection, experiment: str, *, cross_validation: bool = False) -> dict[str, list[str]]:
+def finished_folds(
+    con: duckdb.DuckDBPyConnection, experiment: str, *, cross_validation: bool = False
+) -> dict[str, list[str]]:
     """configuration -> folds whose newest training run finished (`result_runs`); without fold 'all' when
     `cross_validation`. Folds in order ('0'..'4', then 'all')."""
     rows = con.execute(

@@ -240,7 +240,12 @@ def evaluate_folder(
         labels = seen
     with transaction(project) as con:
         run_id = record_finished_run(
-            con, experiment=name, configuration=f"evaluation:{name}", fold="all", kind="evaluation", run_dir=str(pred_dir)
+            con,
+            experiment=name,
+            configuration=f"evaluation:{name}",
+            fold="all",
+            kind="evaluation",
+            run_dir=str(pred_dir),
         )
         insert_metrics(con, run_id=run_id, cases=results, nsd_tolerance_mm=nsd_tolerance_mm)
         record_evaluation(

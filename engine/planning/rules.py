@@ -43,7 +43,6 @@ _SCHEME_BY_CHANNEL = {
 _MASKABLE_SCHEMES = {"zscore"}
 
 
-
 def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:
     """Median spacing, except on a clearly anisotropic axis, which gets its 10th percentile.
 

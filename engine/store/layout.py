@@ -27,6 +27,8 @@ def unsafe_name(name: str) -> str | None:
     if not SAFE_NAME.match(name) or ".." in name:
         return f"{name!r} is not a safe name (letters, digits, '.', '_', '-'; no '..')"
     return None
+
+
 RAW_CHUNK_EDGE = 64  # raw cases are read whole by preprocessing; 64^3 keeps chunks ~0.5 MB for int16
 
 

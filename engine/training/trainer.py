@@ -294,7 +294,13 @@ def _train(
         history.append({**row, "mean_dice": mean_dice, "ema_dice": ema})
         progress.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{mean_dice:.3f}", ema=f"{ema:.3f}")
 
-        save = {"network": network, "optimizer": optimizer, "epoch": epoch, "spec": spec.to_dict(), "plan": plan.to_dict()}
+        save = {
+            "network": network,
+            "optimizer": optimizer,
+            "epoch": epoch,
+            "spec": spec.to_dict(),
+            "plan": plan.to_dict(),
+        }
         if ema > best_ema:
             best_ema = ema
             save_checkpoint(run_dir / "checkpoint_best.pt", state=state_of(), **save)

@@ -56,7 +56,9 @@ def revert_probabilities(probabilities: np.ndarray, *, properties: dict, plan: C
     return out
 
 
-def probabilities_to_segmentation(probabilities: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
+def probabilities_to_segmentation(
+    probabilities: np.ndarray, *, properties: dict, plan: ConfigurationPlan
+) -> np.ndarray:
     """Argmax of the resampled class maps (probabilities or logits), uncropped: (Z, Y, X) uint8 or uint16.
 
     Holds one resampled class and the running maximum at a time; ties keep the lower class, as argmax does.

@@ -90,7 +90,9 @@ def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
     steps.append(
         Step(
             "plan",
-            lambda: f"plan {plan_dataset(dataset, project=project, preset=spec.plan.preset, gpu_memory_gb=spec.plan.gpu_memory_gb).plan!r}",
+            lambda: (
+                f"plan {plan_dataset(dataset, project=project, preset=spec.plan.preset, gpu_memory_gb=spec.plan.gpu_memory_gb).plan!r}"
+            ),
             settings=lambda s: section_dict(s.plan),
             after=("ingest",) if spec.ingest is not None else (),
             data=(("dataset",),),

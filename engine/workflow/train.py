@@ -57,7 +57,9 @@ def train(
     with sigterm_as_interrupt():
         for config in configurations:
             for k in requested_folds(spec, fold):
-                results.append(train_and_validate(project, spec, configuration=config, fold=k, device=device, resume=resume))
+                results.append(
+                    train_and_validate(project, spec, configuration=config, fold=k, device=device, resume=resume)
+                )
     return results
 
 
