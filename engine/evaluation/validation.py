@@ -88,13 +88,17 @@ def validate_fold(
     return {(True, True): "predicted and scored", (False, True): "scored"}.get((predicted, scored), "up to date")
 
 
+def _recorded(project: Project, run_id: int):
+    """The settings hashes the run's validation was predicted and scored with."""
+    with connect(project, read_only=True) as con:
+        return validation_keys(con, run_id)
+
+
 def ensure_predicted(
     project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, run_id: int, device, progress=True
 ) -> bool:
     """Predict the validation cases unless they were predicted with these settings; whether it predicted."""
-    with connect(project, read_only=True) as con:
-        recorded = validation_keys(con, run_id).validation_hash
-    if recorded == settings_hash(prediction_settings(spec)):
+    if _recorded(project, run_id).validation_hash == settings_hash(prediction_settings(spec)):
         return False
     predict_validation(
         project, spec, configuration=configuration, fold=fold, run_id=run_id, device=device, progress=progress
@@ -104,9 +108,7 @@ def ensure_predicted(
 
 def ensure_scored(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, run_id: int) -> bool:
     """Score the saved segmentations unless they were scored with these settings; whether it scored."""
-    with connect(project, read_only=True) as con:
-        recorded = validation_keys(con, run_id).scoring_hash
-    if recorded == settings_hash(scoring_settings(spec)):
+    if _recorded(project, run_id).scoring_hash == settings_hash(scoring_settings(spec)):
         return False
     score_validation(project, spec, configuration=configuration, fold=fold, run_id=run_id)
     return True
