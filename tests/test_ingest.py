@@ -159,7 +159,7 @@ def test_replace_swaps_content(tmp_path, tiny_raw, project):
     image, _ = read_case(project, "demo", "demo_000")
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(other / "imagesTr" / "demo_000_0000.nii.gz")))
     assert np.array_equal(image[0], expected)
-    leftovers = [p.name for p in (project.store_path / "demo").iterdir() if p.name != "raw"]
+    leftovers = [p.name for p in (project.store_path / "demo").iterdir() if p.is_dir() and p.name != "raw"]
     assert leftovers == []
 
 

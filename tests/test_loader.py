@@ -41,7 +41,9 @@ def prepared(tmp_path_factory) -> Project:
 def stream_for(project: Project, configuration: str, *, augment: bool, seed: int = 0, batch_size=None, **kw):
     plan = load_plan(project, DATASET, configuration=configuration)
     stage = stage_name(plan.plan, configuration)
-    ids = [p.name for p in (project.store_path / DATASET / stage).iterdir() if not p.name.startswith(".")]
+    ids = [
+        p.name for p in (project.store_path / DATASET / stage).iterdir() if p.is_dir() and not p.name.startswith(".")
+    ]
     cases = load_cases(project, DATASET, plan=plan.plan, configuration=configuration, case_ids=ids)
     patch = tuple(plan.patch_size)
     config = AugmentConfig() if augment else None
@@ -91,7 +93,7 @@ def test_patches_equal_the_stored_arrays_at_their_offsets_with_padding(prepared)
 
 def test_read_patch_pads_labels_with_minus_one_and_fills_a_given_buffer(prepared):
     stage = stage_name(load_plan(prepared, DATASET, configuration="3d_fullres").plan, "3d_fullres")
-    case_id = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir())[0]
+    case_id = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir() if p.is_dir())[0]
     directory = case_dir(prepared, DATASET, case_id, stage=stage)
     array = zarr.open_array(str(directory / "label"), mode="r")
     full = array[...]
@@ -208,7 +210,7 @@ def test_only_the_chunks_a_patch_touches_are_read(prepared, tmp_path):
     """Every chunk file the patch does not touch is overwritten with garbage: reading still succeeds and is exact;
     garbage in a touched chunk fails the read."""
     stage = stage_name(load_plan(prepared, DATASET, configuration="3d_fullres").plan, "3d_fullres")
-    case_id = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir())[0]
+    case_id = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir() if p.is_dir())[0]
     source = case_dir(prepared, DATASET, case_id, stage=stage) / "image"
     copy = tmp_path / "image"
     shutil.copytree(source, copy)
@@ -230,7 +232,7 @@ def test_only_the_chunks_a_patch_touches_are_read(prepared, tmp_path):
 
 def test_reads_through_zarr_for_other_stores_give_the_same_patch(prepared):
     stage = stage_name(load_plan(prepared, DATASET, configuration="3d_fullres").plan, "3d_fullres")
-    case_id = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir())[0]
+    case_id = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir() if p.is_dir())[0]
     full = zarr.open_array(str(case_dir(prepared, DATASET, case_id, stage=stage) / "image"), mode="r")[...]
     memory = zarr.create_array(
         store=zarr.storage.MemoryStore(), shape=full.shape, dtype=full.dtype, chunks=(1, 5, 7, 6)
@@ -251,7 +253,7 @@ def test_missing_preprocessing_names_the_command_to_run(prepared):
 def test_load_cases_gives_shapes_and_locations_inside_their_labels(prepared):
     plan = load_plan(prepared, DATASET, configuration="3d_fullres").plan
     stage = stage_name(plan, "3d_fullres")
-    ids = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir())
+    ids = sorted(p.name for p in (prepared.store_path / DATASET / stage).iterdir() if p.is_dir())
     cases = load_cases(prepared, DATASET, plan=plan, configuration="3d_fullres", case_ids=ids)
     assert [c.case_id for c in cases] == ids
     for case in cases:

@@ -14,6 +14,7 @@ from engine.images import Geometry, ImageFileError, file_hash, read_channels, re
 from engine.ingest.errors import IngestError
 from engine.ingest.layouts import CaseSource
 from engine.store.layout import spatial_chunks, write_case
+from engine.store.ome import CaseGeometry
 
 SAMPLES_PER_CASE = 10_000  # foreground intensity samples per case and channel, drawn with replacement
 SAMPLE_SEED = 1234
@@ -75,7 +76,13 @@ def ingest_case(source: CaseSource, staging: Path, *, declared: frozenset[int], 
     if label is not None:
         label = label.astype(smallest_label_dtype(max(declared)), copy=False)
 
-    write_case(staging / source.case_id, image, label, spatial_chunk_shape=spatial_chunks(image.shape[1:]))
+    write_case(
+        staging / source.case_id,
+        image,
+        label,
+        spatial_chunk_shape=spatial_chunks(image.shape[1:]),
+        geometry=CaseGeometry.of(geometry.spacing, geometry.origin, geometry.direction),
+    )
     files = [*source.image_files, *([source.label_file] if source.label_file else [])]
     record = CaseRecord(
         case={

@@ -27,7 +27,8 @@ from engine.ingest.errors import IngestError
 from engine.ingest.layouts import DatasetSource, check_case_id, discover
 from engine.parallel import completed, worker_count
 from engine.project import Project
-from engine.store.layout import dataset_dir
+from engine.store.layout import RAW_STAGE, dataset_dir
+from engine.store.ome import ensure_hierarchy
 
 HASH_MARKER = ".content_hash"
 
@@ -138,6 +139,7 @@ def _swap_in(staged: Path, raw: Path) -> None:
         raw.rename(retired)
     staged.rename(raw)
     (raw / HASH_MARKER).unlink(missing_ok=True)
+    ensure_hierarchy(raw.parent.parent, raw.parent.name, RAW_STAGE)  # store root, dataset and `raw` are groups
     shutil.rmtree(retired, ignore_errors=True)
 
 

@@ -33,7 +33,17 @@ from engine.preprocessing.records import (
     read_inputs,
 )
 from engine.project import Project
-from engine.store.layout import patch_chunks, read_case, stage_dir, stage_name, store_bytes, write_array
+from engine.store.layout import (
+    case_dir,
+    patch_chunks,
+    read_case,
+    stage_dir,
+    stage_name,
+    store_bytes,
+    write_array,
+    write_stage_groups,
+)
+from engine.store.ome import read_case_geometry, write_case_group
 
 PARTIAL = ".partial-"
 HASH_FILE = ".input_hash"
@@ -98,6 +108,9 @@ def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
         write_array(partial / "image", image, chunks=(1, *chunks))
         if label is not None:
             write_array(partial / "label", label.astype(_label_dtype(label)), chunks=chunks)
+        raw = read_case_geometry(case_dir(project, task.dataset, task.case_id))
+        start, spacing = properties["bbox"][0::2], properties["target_spacing"]
+        write_case_group(partial, raw and raw.cropped(start, spacing=spacing), case_id=task.case_id)
         (partial / HASH_FILE).write_text(task.input_hash)
         if final.exists():
             shutil.rmtree(final)
@@ -183,6 +196,7 @@ def preprocess_dataset(
     stage = stage_name(inputs.plan_name, configuration)
     stage_path = stage_dir(resolved, name, stage)
     _remove_partials(stage_path)
+    write_stage_groups(resolved, name, stage)
     plan_digest = plan_hash(inputs.plan)
     digests = {case.case_id: input_hash(case.content_hash, plan_digest) for case in inputs.cases}
     skipped = [

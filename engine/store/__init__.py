@@ -1,4 +1,4 @@
-"""The Zarr v3 store: case layout, chunking, compression and reads."""
+"""The Zarr v3 store: case layout, chunking, compression and reads; group nodes and OME-Zarr metadata (`ome`)."""
 
 from engine.store.layout import (
     case_dir,
@@ -10,9 +10,12 @@ from engine.store.layout import (
     stage_name,
     write_array,
     write_case,
+    write_stage_groups,
 )
+from engine.store.ome import CaseGeometry, upgrade_store
 
 __all__ = [
+    "CaseGeometry",
     "case_dir",
     "dataset_dir",
     "open_case_arrays",
@@ -20,6 +23,8 @@ __all__ = [
     "read_case",
     "stage_dir",
     "stage_name",
+    "upgrade_store",
     "write_array",
     "write_case",
+    "write_stage_groups",
 ]

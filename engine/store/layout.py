@@ -1,7 +1,8 @@
 """The Zarr v3 store: where each case lives and how its arrays are chunked and compressed.
 
 Layout: `store/<dataset>/raw/<case>/{image,label}` as ingested and
-`store/<dataset>/<plan>/<configuration>/<case>/{image,label}` preprocessed. Arrays are Blosc-compressed
+`store/<dataset>/<plan>/<configuration>/<case>/{image,label}` preprocessed; every folder down to each case is a
+Zarr group and each case carries OME-Zarr 0.5 geometry (`engine.store.ome`). Arrays are Blosc-compressed
 (zstd, byte shuffle) through Zarr's own codecs; chunks are sized so that a training patch touches few chunks.
 """
 
@@ -17,6 +18,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from engine.project import Project
+from engine.store.ome import CaseGeometry, dimension_names, ensure_hierarchy, write_case_group
 
 RAW_STAGE = "raw"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # case ids and dataset names become folder names
@@ -68,13 +70,15 @@ def patch_chunks(shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, 
 
 
 def write_array(path: Path, data: np.ndarray, *, chunks: Sequence[int], cname: str = "zstd") -> zarr.Array:
-    """Write one array as a standalone Zarr v3 array at `path` (overwriting)."""
+    """Write one array as a Zarr v3 array at `path` (overwriting), its axes named (c, z, y, x) or (z, y, x) as
+    OME-Zarr wants (see `engine.store.ome`)."""
     array = zarr.create_array(
         store=str(path),
         shape=data.shape,
         dtype=data.dtype,
         chunks=tuple(int(c) for c in chunks),
         compressors=[compressor(cname=cname)],
+        dimension_names=dimension_names(data.ndim),
         zarr_format=3,
         overwrite=True,
     )
@@ -83,13 +87,25 @@ def write_array(path: Path, data: np.ndarray, *, chunks: Sequence[int], cname: s
 
 
 def write_case(
-    directory: Path, image: np.ndarray, label: np.ndarray | None, *, spatial_chunk_shape: Sequence[int]
+    directory: Path,
+    image: np.ndarray,
+    label: np.ndarray | None,
+    *,
+    spatial_chunk_shape: Sequence[int],
+    geometry: CaseGeometry | None = None,
 ) -> None:
-    """Write `image` (C, Z, Y, X) and `label` (Z, Y, X) of one case into `directory`."""
+    """Write `image` (C, Z, Y, X) and `label` (Z, Y, X) of one case into `directory`, a Zarr group that records
+    `geometry` as OME-Zarr metadata (see `engine.store.ome`)."""
     directory.mkdir(parents=True, exist_ok=True)
     write_array(directory / "image", image, chunks=(1, *spatial_chunk_shape))
     if label is not None:
         write_array(directory / "label", label, chunks=spatial_chunk_shape)
+    write_case_group(directory, geometry)
+
+
+def write_stage_groups(project: Project, dataset: str, stage: str = RAW_STAGE) -> None:
+    """Group nodes for the store root, the dataset and each level of the stage (existing ones are left alone)."""
+    ensure_hierarchy(project.store_path, dataset, stage)
 
 
 def open_case_arrays(

@@ -1,0 +1,5 @@
+-- The store becomes a Zarr v3 hierarchy other tools open: group nodes from the store root down to each case, and
+-- each case's geometry as OME-Zarr 0.5 attributes. No table changes: the work is the Python hook of this version
+-- (engine/catalog/migrations.py, `upgrade_store_from_catalog`), which adds the group nodes and attributes an
+-- existing store lacks, in place, from the geometry recorded in `cases` and `preprocessed_cases`; no array chunk is
+-- rewritten. It runs inside this migration's transaction, so a failure leaves the version unapplied and retried.
