@@ -374,12 +374,23 @@ def _fold_values(ctx: click.Context, folds) -> list[str] | None:
 @click.option("--configuration", "-c", default=None, help="Configuration or 'ensemble:A+B' (default: the selection).")
 @click.option("--folds", "-f", multiple=True, help="Folds to include, e.g. --folds 0 1 (default: all trained).")
 @click.option("--replace", is_flag=True, help="Overwrite an existing bundle at --output.")
+@click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(["voxelbase", "nnunet"]),
+    default="voxelbase",
+    show_default=True,
+    help="voxelbase: a model bundle; nnunet: an nnU-Net v2 trained-model folder (one configuration).",
+)
 @click.pass_context
-def export(ctx: click.Context, experiment, output, configuration, folds, replace) -> None:
-    """Write a self-contained model bundle (plans, safetensors weights, manifest with sha256) of an experiment."""
+def export(ctx: click.Context, experiment, output, configuration, folds, replace, export_format) -> None:
+    """Write a self-contained model bundle (plans, safetensors weights, manifest with sha256) of an experiment,
+    or with --format nnunet a folder nnUNetv2_predict_from_modelfolder runs."""
     from engine.inference.bundle_project import export_bundle
+    from engine.inference.nnunet_export import export_nnunet
 
-    result = export_bundle(
+    write = export_nnunet if export_format == "nnunet" else export_bundle  # same arguments
+    result = write(
         experiment,
         output,
         project=_project(ctx),
@@ -400,6 +411,28 @@ def import_model(ctx: click.Context, bundle: Path, name: str | None, replace: bo
     from engine.inference.bundle_project import import_bundle
 
     result = import_bundle(bundle, project=_project(ctx), name=name, replace_existing=replace)
+    click.echo(result.summary())
+
+
+@cli.command("import-nnunet", context_settings={"ignore_unknown_options": False, "allow_extra_args": True})
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Experiment name in this project.")
+@click.option("--configuration", "-c", "configurations", multiple=True, help="Import only this configuration.")
+@click.option("--folds", "-f", multiple=True, help="Folds to import, e.g. --folds 0 1 (default: every fold there).")
+@click.option("--replace", is_flag=True, help="Replace an existing experiment of that name.")
+@click.pass_context
+def import_nnunet_command(ctx: click.Context, source: Path, name: str, configurations, folds, replace: bool) -> None:
+    """Register an nnU-Net v2 trained-model folder (or nnUNetv2_export_model_to_zip zip) as an experiment."""
+    from engine.inference.nnunet_import import import_nnunet
+
+    result = import_nnunet(
+        source,
+        name=name,
+        project=_project(ctx),
+        folds=_fold_values(ctx, folds),
+        configurations=list(configurations) or None,
+        replace_existing=replace,
+    )
     click.echo(result.summary())
 
 

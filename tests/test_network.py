@@ -44,6 +44,7 @@ import pytest
 import torch
 
 from engine.networks import build_network, count_parameters
+from engine.networks.nnunet import nnunet_architecture as _nnunet_as_architecture
 
 NNUNET_NETWORKS = Path(__file__).parent / "fixtures" / "nnunet_network"
 
@@ -249,22 +250,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _nnunet_as_architecture(entry: dict) -> dict:
-    """nnU-Net's stored plan architecture (class name + arch_kwargs) in Voxelbase's terms."""
-    kwargs = entry["arch_kwargs"]
-    residual = entry["network_class_name"].endswith(".ResidualEncoderUNet")
-    return {
-        "network": "resenc_unet" if residual else "plain_unet",
-        "conv_dims": int(kwargs["conv_op"][-2]),  # torch.nn.modules.conv.Conv3d
-        "n_stages": kwargs["n_stages"],
-        "features_per_stage": kwargs["features_per_stage"],
-        "kernel_sizes": kwargs["kernel_sizes"],
-        "strides": kwargs["strides"],
-        "n_conv_per_stage": kwargs["n_blocks_per_stage" if residual else "n_conv_per_stage"],
-        "n_conv_per_stage_decoder": kwargs["n_conv_per_stage_decoder"],
-    }
-
-
 def _load_nnunet_parameters(network: torch.nn.Module, stored, nnunet_names: list[str]) -> None:
     """Copy nnU-Net's parameters (its `named_parameters()` order) onto `network`, checking every shape."""
     ours = list(network.named_parameters())
@@ -279,6 +264,19 @@ def _load_nnunet_parameters(network: torch.nn.Module, stored, nnunet_names: list
                 continue
             param.copy_(value)
     assert not mismatched, "parameter shapes differ from nnU-Net's:\n" + "\n".join(mismatched)
+
+
+# The stored outputs are bit-identical to Voxelbase's on the CPU that made them; another CPU model picks other
+# float32 kernels (summation order), which moves results by a few ulps: measured up to 2e-6 of the output's range
+# on an AMD EPYC against fixtures made elsewhere. A wrong weight mapping or layer differs by O(1).
+KERNEL_TOLERANCE = 1e-5
+
+
+def _assert_same_up_to_kernels(ours: torch.Tensor, stored, what: str) -> None:
+    reference = torch.as_tensor(np.asarray(stored))
+    scale = float(reference.abs().max()) or 1.0
+    difference = float((ours - reference).abs().max())
+    assert difference <= KERNEL_TOLERANCE * scale, f"{what}: max difference {difference:.3g} (range {scale:.3g})"
 
 
 @pytest.mark.parametrize("name", list(PARITY_ARCHITECTURES))
@@ -299,14 +297,14 @@ def test_outputs_equal_stored_nnunet(name, one_thread):
         outputs = network(x)
     assert len(outputs) == entry["arch_kwargs"]["n_stages"] - 1
     for i, output in enumerate(outputs):
-        assert torch.equal(output, torch.from_numpy(stored[f"eval_out_{i}"])), f"eval output {i}"
+        _assert_same_up_to_kernels(output, stored[f"eval_out_{i}"], f"eval output {i}")
 
     network.train()
     x = x.clone().requires_grad_()
     outputs = network(x)
     for i, output in enumerate(outputs):
-        assert torch.equal(output.detach(), torch.from_numpy(stored[f"train_out_{i}"])), f"train output {i}"
+        _assert_same_up_to_kernels(output.detach(), stored[f"train_out_{i}"], f"train output {i}")
     objective = sum((o * o).mean() for o in outputs)
     (input_grad,) = torch.autograd.grad(objective, x)
-    assert float(objective.detach()) == float(stored["objective"])
-    assert torch.equal(input_grad, torch.from_numpy(stored["input_grad"]))
+    _assert_same_up_to_kernels(objective.detach(), stored["objective"], "objective")
+    _assert_same_up_to_kernels(input_grad, stored["input_grad"], "input gradient")

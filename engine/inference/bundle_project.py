@@ -15,6 +15,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from engine.catalog import connect, transaction
 from engine.catalog.datasets import channel_names, dataset_info, training_spacing_range
 from engine.catalog.results import (
@@ -209,30 +211,55 @@ def import_bundle(
             raise BundleError(f"{path}: cannot import: {problem}")
     spec_dict = dict(manifest["spec"], name=experiment)
     spec = spec_from_dict(spec_dict, source=f"{path}: {MANIFEST}")
-    target = project.runs_path / experiment
-    exists = target.exists()
+    check_new_experiment(project, experiment, replace_existing=replace_existing)
+    networks = {
+        configuration: {fold: bundle_network(bundle, configuration, fold) for fold in folds}
+        for configuration, folds in bundle.configurations.items()
+    }
+    plans = {configuration: plan.to_dict() for configuration, plan in bundle.plans.items()}
+    return install_experiment(
+        project, experiment, spec=spec, networks=networks, plans=plans, manifest=manifest, source=path
+    )
+
+
+def check_new_experiment(project: Project, experiment: str, *, replace_existing: bool) -> None:
+    """Refuse to import over an existing experiment (its run folders or its catalog row) unless replacing."""
+    exists = (project.runs_path / experiment).exists()
     if project.catalog_path.exists():
         with connect(project, read_only=True) as con:
             exists = exists or experiment_row(con, experiment) is not None
     if exists and not replace_existing:
         raise BundleError(f"experiment {experiment!r} already exists in {project.root}; pass --replace or --name NEW")
 
+
+def install_experiment(
+    project: Project,
+    experiment: str,
+    *,
+    spec,
+    networks: dict[str, dict[str, torch.nn.Module]],
+    plans: dict[str, dict],
+    manifest: dict,
+    source,
+) -> ImportResult:
+    """Final checkpoints of `networks` (configuration -> fold -> network, trained with `plans[configuration]`) in
+    the run folders, then the experiment, its finished training runs, and `manifest`'s postprocessing and
+    selection in one transaction; run folders put back as they were when recording fails."""
+    target = project.runs_path / experiment
     project.runs_path.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{experiment}.", suffix=".import", dir=project.runs_path))
     old = project.runs_path / f".{experiment}.replaced"
     try:
-        for configuration, folds in bundle.configurations.items():
-            plan = bundle.plans[configuration].to_dict()
-            for fold in folds:
-                network = bundle_network(bundle, configuration, fold)
+        for configuration, folds in networks.items():
+            for fold, network in folds.items():
                 save_checkpoint(
                     tmp / configuration / f"fold_{fold}" / CHECKPOINT,
                     network=network,
                     optimizer=None,
                     epoch=spec.train.epochs if spec.train is not None else 0,
                     spec=spec.to_dict(),
-                    plan=plan,
-                    state={"imported_from": str(Path(path).absolute())},
+                    plan=plans[configuration],
+                    state={"imported_from": str(Path(source).absolute())},
                 )
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
@@ -241,8 +268,9 @@ def import_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    configurations = {configuration: list(folds) for configuration, folds in networks.items()}
     try:
-        run_ids = _record_import(project, experiment, spec, manifest, bundle.configurations)
+        run_ids = _record_import(project, experiment, spec, manifest, configurations)
     except BaseException:
         # the catalog is unchanged: put the run folders back as they were
         shutil.rmtree(target, ignore_errors=True)
@@ -292,4 +320,11 @@ def _record_import(project: Project, experiment: str, spec, manifest: dict, conf
     return run_ids
 
 
-__all__ = ["ExportResult", "ImportResult", "export_bundle", "import_bundle"]
+__all__ = [
+    "ExportResult",
+    "ImportResult",
+    "check_new_experiment",
+    "export_bundle",
+    "import_bundle",
+    "install_experiment",
+]

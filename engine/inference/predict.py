@@ -11,6 +11,10 @@ each is reverted to the original geometry, since the members were trained at dif
 case: its image, the network outputs at plan spacing and (for ensembles or saved probabilities) one class map
 stack at the original size; a plain prediction keeps only a running maximum per voxel while reverting.
 
+A model imported from nnU-Net (`voxelbase import-nnunet`) is predicted with nnU-Net's own arithmetic instead
+(`engine.inference.nnunet_window`: float16 sliding window, folds' logits averaged, logits resampled back, then the
+softmax), so it writes what `nnUNetv2_predict` writes.
+
 Files are written under a temporary name and renamed, segmentation last, so an interrupted or failed case never
 leaves a file that looks complete.
 """
@@ -39,7 +43,7 @@ from engine.inference.inputs import (
     read_input_case,
 )
 from engine.inference.models import ConfigurationModels, PredictionModels, load_models
-from engine.inference.probabilities import predict_probabilities
+from engine.inference.probabilities import predict_probabilities, predicts_logits, revert_logits
 from engine.preprocessing import preprocess_case
 from engine.project import Project
 from engine.spec import ExperimentSpec
@@ -166,7 +170,7 @@ def _predict_case(
     image, geometry = read_input_case(case)
     check_spacing(case.case_id, geometry.spacing, spacing_range)
     device = models.device
-    if len(models.members) == 1 and not save:
+    if len(models.members) == 1 and not save and not predicts_logits(models.members[0].plan):
         member = models.members[0]
         probabilities, properties = member_probabilities(member, image, geometry=geometry, spec=spec, device=device)
         del image
@@ -175,7 +179,8 @@ def _predict_case(
 
         def reverted(member: ConfigurationModels) -> np.ndarray:
             probabilities, properties = member_probabilities(member, image, geometry=geometry, spec=spec, device=device)
-            return revert_probabilities(probabilities, properties=properties, plan=member.plan)
+            revert = revert_logits if predicts_logits(member.plan) else revert_probabilities
+            return revert(probabilities, properties=properties, plan=member.plan)
 
         total = mean_probabilities(reverted(member) for member in models.members)
         del image
