@@ -78,7 +78,7 @@ def nnunet_command(name: str, *args: str) -> list[str]:
 
 
 def voxelbase_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "engine.cli", *args]
+    return [sys.executable, "-m", "voxelbase.cli", *args]
 
 
 def dir_bytes(path: Path) -> int:

@@ -5,7 +5,7 @@ and the loader's GPU augmentation, and print one compact summary. A few minutes 
     python -m benchmarks.gpu_smoke --device cpu --quick      # the same steps on a tiny project (what CI tests)
 
 Steps, each timed and summarised (the JSON of the summary goes to DIR/gpu_smoke.json with --out):
-1. project: `--cases` demo CT cases (engine.ingest.demo, about 48x96x96 voxels) are written as .npz files (array +
+1. project: `--cases` demo CT cases (voxelbase.ingest.demo, about 48x96x96 voxels) are written as .npz files (array +
    geometry) and ingested through the real ingest pipeline, whose file reader is swapped for a NumPy one in this
    process only; then planned and preprocessed (3d_fullres) as usual. Nothing is shipped and SimpleITK is never
    imported, so the same code runs where only torch and the packages below are installed.
@@ -74,7 +74,7 @@ def timed(summary: dict, key: str):
 
 def _read_npz(path: Path, *, four_d: bool = False):
     """The ingest reader's contract, for the .npz files written below: (array (Z, Y, X), Geometry)."""
-    from engine.images import Geometry
+    from voxelbase.images import Geometry
 
     with np.load(path) as data:
         geometry = Geometry(
@@ -87,12 +87,12 @@ def _read_npz(path: Path, *, four_d: bool = False):
 
 def make_project(work: Path, *, cases: int, shape: tuple[int, int, int], workers: int):
     """Demo CT cases as .npz, ingested (NumPy reader), planned and preprocessed; returns the Project."""
-    import engine.images
-    from engine.ingest import ingest_dataset
-    from engine.ingest.demo import LABELS, demo_case
-    from engine.planning import plan_dataset
-    from engine.preprocessing.dataset import preprocess_dataset
-    from engine.project import Project
+    import voxelbase.images
+    from voxelbase.ingest import ingest_dataset
+    from voxelbase.ingest.demo import LABELS, demo_case
+    from voxelbase.planning import plan_dataset
+    from voxelbase.preprocessing.dataset import preprocess_dataset
+    from voxelbase.project import Project
 
     raw = work / "raw"
     for sub in ("imagesTr", "labelsTr"):
@@ -108,11 +108,11 @@ def make_project(work: Path, *, cases: int, shape: tuple[int, int, int], workers
     (raw / "dataset.json").write_text(json.dumps(description))
 
     project = Project.resolve(work / "project")
-    original, engine.images.read_image = engine.images.read_image, _read_npz
+    original, voxelbase.images.read_image = voxelbase.images.read_image, _read_npz
     try:  # one worker: ingest reads in this process, the only one whose reader is swapped
         ingest_dataset(raw, name=DATASET, project=project, workers=1)
     finally:
-        engine.images.read_image = original
+        voxelbase.images.read_image = original
     plan_dataset(DATASET, project=project)
     preprocess_dataset(DATASET, configuration=CONFIGURATION, workers=workers, project=project, progress=False)
     return project
@@ -122,9 +122,9 @@ def make_project(work: Path, *, cases: int, shape: tuple[int, int, int], workers
 
 
 def train(project, *, device: str, iterations: int, val_iterations: int, workers: int) -> dict:
-    from engine.catalog.queries import run_query
-    from engine.spec import parse_spec
-    from engine.workflow.train import train_and_validate
+    from voxelbase.catalog.queries import run_query
+    from voxelbase.spec import parse_spec
+    from voxelbase.workflow.train import train_and_validate
 
     spec = parse_spec(
         f'name = "gpu_smoke"\ndataset = "{DATASET}"\n[train]\nfolds = [0]\nepochs = 2\n'
@@ -170,10 +170,10 @@ def _sync(device) -> None:
 def sliding_window(project, run_dir: Path, *, device: str, scale: int = 2) -> dict:
     import torch
 
-    from engine.inference.sliding_window import predict_logits
-    from engine.networks import load_trained_model
-    from engine.planning import load_plan
-    from engine.store import read_case, stage_name
+    from voxelbase.inference.sliding_window import predict_logits
+    from voxelbase.networks import load_trained_model
+    from voxelbase.planning import load_plan
+    from voxelbase.store import read_case, stage_name
 
     device = torch.device(device)
     network = load_trained_model(run_dir / "checkpoint_final.pt", device=device).network
@@ -235,7 +235,7 @@ def nnunet_style_plans(plan: dict, path: Path) -> Path:
 
 
 def train_step(project, work: Path, *, device: str, iters: int, warmup: int) -> dict:
-    from engine.planning import load_plan
+    from voxelbase.planning import load_plan
 
     plan = load_plan(project, DATASET, configuration=CONFIGURATION)
     plans = nnunet_style_plans(plan, work / "plans.json")

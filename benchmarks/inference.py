@@ -93,11 +93,11 @@ def _save_voxelbase_model(project: Path, *, experiment: str, plan: dict, seed: i
     parameters in registration order (for nnU-Net; the networks have no buffers)."""
     import torch
 
-    from engine.networks import network_for_plan, save_checkpoint
-    from engine.plan import ConfigurationPlan
-    from engine.project import Project
-    from engine.spec import spec_from_dict
-    from engine.training import records
+    from voxelbase.networks import network_for_plan, save_checkpoint
+    from voxelbase.plan import ConfigurationPlan
+    from voxelbase.project import Project
+    from voxelbase.spec import spec_from_dict
+    from voxelbase.training import records
 
     proj = Project.resolve(project)
     torch.manual_seed(seed)
@@ -254,7 +254,7 @@ def main() -> None:
         _run(voxelbase_command(*vb, "plan", "synth"))
         _run(nnunet_command("nnUNetv2_extract_fingerprint", "-d", str(NNUNET_ID), "-np", "2"), env=env)
         _run(nnunet_command("nnUNetv2_plan_experiment", "-d", str(NNUNET_ID)), env=env)
-        from engine.planning import load_plan
+        from voxelbase.planning import load_plan
 
         nn_plans = json.loads((Path(env["nnUNet_preprocessed"]) / DATASET_DIR / "nnUNetPlans.json").read_text())
         nn_cfg = nn_plans["configurations"]["3d_fullres"]

@@ -107,7 +107,7 @@ def install_trainer(*, epochs: int, iterations: int, val_iterations: int, seed: 
 
 
 def our_splits(project: Path) -> list[dict]:
-    from engine.planning import load_splits
+    from voxelbase.planning import load_splits
 
     splits = load_splits(project, DATASET)
     return [{"train": list(splits[k]["train"]), "val": list(splits[k]["val"])} for k in sorted(splits, key=int)]
@@ -115,7 +115,7 @@ def our_splits(project: Path) -> list[dict]:
 
 def our_dice(project: Path, fold: int, experiment: str = EXPERIMENT) -> dict[int, list[float]]:
     """Per label, the validation Dice of each case of the newest finished run of this fold (None dropped)."""
-    from engine.catalog.queries import run_query
+    from voxelbase.catalog.queries import run_query
 
     rows = run_query(
         "SELECT label, dice FROM metrics WHERE run_id = (SELECT max(run_id) FROM runs WHERE experiment = ? "
@@ -132,7 +132,7 @@ def our_dice(project: Path, fold: int, experiment: str = EXPERIMENT) -> dict[int
 
 def our_epoch_seconds(project: Path, fold: int, experiment: str = EXPERIMENT) -> float:
     """Seconds spent in the epochs (training and validation iterations) of the newest finished run of a fold."""
-    from engine.catalog.queries import run_query
+    from voxelbase.catalog.queries import run_query
 
     return run_query(
         "SELECT sum(seconds) AS s FROM epochs WHERE run_id = (SELECT max(run_id) FROM runs WHERE experiment = ? "
@@ -252,7 +252,7 @@ def main() -> None:
         timed(voxelbase_command("ingest", str(raw), "--name", DATASET), env=env)
         timed(voxelbase_command("plan", DATASET), env=env)
     timed(voxelbase_command("preprocess", DATASET, "--configuration", "3d_fullres"), env=env)
-    from engine.planning import load_plan
+    from voxelbase.planning import load_plan
 
     plan = load_plan(project, DATASET, configuration="3d_fullres")
     payload["voxelbase"]["plan"] = {"patch_size": plan.patch_size, "batch_size": plan.batch_size}

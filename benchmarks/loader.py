@@ -150,12 +150,12 @@ def measure(args: dict) -> None:
     """In a pinned child process: time Voxelbase's patch stream in one mode and print a RESULT line."""
     import torch
 
-    from engine.planning import load_plan
-    from engine.project import Project
-    from engine.store import stage_name
-    from engine.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
-    from engine.training.loader import PatchStream, StreamSettings, augment_batch
-    from engine.training.patches import load_cases
+    from voxelbase.planning import load_plan
+    from voxelbase.project import Project
+    from voxelbase.store import stage_name
+    from voxelbase.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
+    from voxelbase.training.loader import PatchStream, StreamSettings, augment_batch
+    from voxelbase.training.patches import load_cases
 
     torch.set_num_threads(1)  # per worker thread: each torch op runs on the thread that calls it
     project = Project.resolve(args["project"])

@@ -29,8 +29,8 @@ from benchmarks.common import (
 
 
 def _in_process(project: Path, repeats: int) -> dict:
-    from engine.catalog import connect
-    from engine.planning import load_fingerprint, plan_experiment
+    from voxelbase.catalog import connect
+    from voxelbase.planning import load_fingerprint, plan_experiment
 
     fingerprint_s, rules_s = [], []
     for _ in range(repeats):

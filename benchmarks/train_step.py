@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import NNUNET_VENV, REPO, print_table, write_results
-from engine.networks import build_network, count_parameters
-from engine.training.loss import build_loss, deep_supervision_scales, downsample_targets
-from engine.training.optim import build_optimizer
+from voxelbase.networks import build_network, count_parameters
+from voxelbase.training.loss import build_loss, deep_supervision_scales, downsample_targets
+from voxelbase.training.optim import build_optimizer
 
 PLANS = REPO.parent / "shared" / "reference" / "synth_ct" / "nnUNetPlans.json"
 

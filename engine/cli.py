@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from engine.errors import VoxelbaseError
-from engine.project import PROJECT_ENV, Project
+from voxelbase.errors import VoxelbaseError
+from voxelbase.project import PROJECT_ENV, Project
 
 
 class UserError(click.ClickException):
@@ -58,7 +58,7 @@ def _workers_option(func):
 @click.pass_context
 def ingest(ctx: click.Context, source: Path, name: str, replace: bool, workers: int | None) -> None:
     """Import an nnU-Net v2 raw folder or an MSD task folder."""
-    from engine.ingest import ingest_dataset
+    from voxelbase.ingest import ingest_dataset
 
     result = ingest_dataset(source, name=name, project=_project(ctx), workers=workers, replace=replace)
     click.echo(result.summary())
@@ -68,9 +68,9 @@ def ingest(ctx: click.Context, source: Path, name: str, replace: bool, workers: 
 @click.pass_context
 def datasets(ctx: click.Context) -> None:
     """List datasets with case counts, channels and labels."""
-    from engine.catalog import connect
-    from engine.catalog.datasets import dataset_overview
-    from engine.tabular import format_table
+    from voxelbase.catalog import connect
+    from voxelbase.catalog.datasets import dataset_overview
+    from voxelbase.tabular import format_table
 
     with connect(_project(ctx), read_only=True) as con:
         click.echo(format_table(dataset_overview(con), fmt="table"))
@@ -85,8 +85,8 @@ def sql(ctx: click.Context, query: str, fmt: str, output: Path | None) -> None:
     """Run any SQL over the catalog (read-only)."""
     import duckdb
 
-    from engine.catalog.queries import run_query
-    from engine.tabular import format_table
+    from voxelbase.catalog.queries import run_query
+    from voxelbase.tabular import format_table
 
     try:
         table = run_query(query, project=_project(ctx))
@@ -111,8 +111,8 @@ def plan(ctx: click.Context, name: str, preset: str, gpu_memory: float | None) -
     """Fingerprint a dataset and plan 2d, 3d_fullres (and 3d_lowres + cascade when warranted)."""
     import pyarrow as pa
 
-    from engine.planning import plan_dataset
-    from engine.tabular import format_table
+    from voxelbase.planning import plan_dataset
+    from voxelbase.tabular import format_table
 
     result = plan_dataset(name, project=_project(ctx), preset=preset, gpu_memory_gb=gpu_memory)
     click.echo(f"plan {result.plan!r} for dataset {result.dataset!r} -> {result.artifact}")
@@ -145,8 +145,8 @@ def splits(
     """Show a dataset's cross-validation splits, or replace them (--folds N or --import FILE)."""
     import pyarrow as pa
 
-    from engine.planning.user_splits import export_splits, import_splits, make_splits, show_splits
-    from engine.tabular import format_table
+    from voxelbase.planning.user_splits import export_splits, import_splits, make_splits, show_splits
+    from voxelbase.tabular import format_table
 
     if n_folds is not None and import_file is not None:
         raise UserError("give --folds or --import, not both")
@@ -172,7 +172,7 @@ def splits(
 @click.pass_context
 def preprocess(ctx: click.Context, name: str, configuration: str, plan_name: str | None, workers: int | None) -> None:
     """Crop, normalize and resample a dataset's cases into the preprocessed Zarr store (skips up-to-date cases)."""
-    from engine.preprocessing.dataset import preprocess_dataset
+    from voxelbase.preprocessing.dataset import preprocess_dataset
 
     result = preprocess_dataset(
         name, configuration=configuration, plan=plan_name, workers=workers, project=_project(ctx)
@@ -188,7 +188,7 @@ def preprocess(ctx: click.Context, name: str, configuration: str, plan_name: str
 @click.option("--shape", type=int, nargs=3, default=(32, 64, 64), show_default=True, help="z y x voxels (jittered).")
 def demo_data(out: Path, cases: int, test_cases: int, seed: int, shape: tuple[int, int, int]) -> None:
     """Write a small synthetic CT dataset in nnU-Net raw layout."""
-    from engine.ingest.demo import write_demo_dataset
+    from voxelbase.ingest.demo import write_demo_dataset
 
     write_demo_dataset(out, cases=cases, test_cases=test_cases, seed=seed, shape=shape)
     click.echo(f"wrote {cases} training and {test_cases} test cases to {out}")
@@ -219,8 +219,8 @@ def evaluate(
     workers: int | None,
 ) -> None:
     """Score predictions against references (Dice, IoU, HD95, NSD per case and label) into the catalog."""
-    from engine.evaluation.evaluate import evaluate_folder, evaluation_summary
-    from engine.tabular import format_table
+    from voxelbase.evaluation.evaluate import evaluate_folder, evaluation_summary
+    from voxelbase.tabular import format_table
 
     run_id = evaluate_folder(
         pred_dir,
@@ -244,9 +244,9 @@ def evaluate(
 @click.pass_context
 def compare(ctx: click.Context, experiments: tuple[str, ...], fmt: str, metric: str) -> None:
     """Configurations x folds (and ensembles, evaluations), mean ± std per label, from the summary views."""
-    from engine.evaluation.compare import compare as compare_table
-    from engine.evaluation.compare import for_display
-    from engine.tabular import format_table
+    from voxelbase.evaluation.compare import compare as compare_table
+    from voxelbase.evaluation.compare import for_display
+    from voxelbase.tabular import format_table
 
     table = compare_table(list(experiments), project=_project(ctx), metric=metric)
     if table.num_rows == 0:
@@ -262,7 +262,7 @@ def compare(ctx: click.Context, experiments: tuple[str, ...], fmt: str, metric: 
 @click.pass_context
 def report(ctx: click.Context, experiment: str, output: Path) -> None:
     """A static HTML report of an experiment: tables, training curves, per-case metrics, overlays."""
-    from engine.evaluation.report import write_report
+    from voxelbase.evaluation.report import write_report
 
     index = write_report(experiment, output=output, project=_project(ctx))
     click.echo(f"wrote {index}")
@@ -285,7 +285,7 @@ def report(ctx: click.Context, experiment: str, output: Path) -> None:
 @click.pass_context
 def train(ctx: click.Context, spec: Path, configuration, fold, overrides, device, resume) -> None:
     """Train one or more folds of an experiment spec."""
-    from engine.workflow.train import train as train_spec
+    from voxelbase.workflow.train import train as train_spec
 
     results = train_spec(
         spec,
@@ -310,7 +310,7 @@ def train(ctx: click.Context, spec: Path, configuration, fold, overrides, device
 @click.pass_context
 def run_command(ctx: click.Context, spec: Path, dry_run: bool, overrides) -> None:
     """Run the whole declared experiment, doing only what is not done yet."""
-    from engine.workflow import run_experiment
+    from voxelbase.workflow import run_experiment
 
     report = run_experiment(spec, project=_project(ctx), dry_run=dry_run, overrides=overrides, echo=click.echo)
     for line in report.lines():
@@ -339,7 +339,7 @@ def predict(
     ctx: click.Context, experiment, model, input_dir, output_dir, configuration, folds, no_tta, **options
 ) -> None:
     """Segment images (imagesTs layout) with a trained experiment or a model bundle, in their original geometry."""
-    from engine.inference.predict import predict as predict_images
+    from voxelbase.inference.predict import predict as predict_images
 
     if (experiment is None) == (model is None):
         raise UserError("give --experiment NAME or --model BUNDLE" + (", not both" if model is not None else ""))
@@ -386,8 +386,8 @@ def _fold_values(ctx: click.Context, folds) -> list[str] | None:
 def export(ctx: click.Context, experiment, output, configuration, folds, replace, export_format) -> None:
     """Write a self-contained model bundle (plans, safetensors weights, manifest with sha256) of an experiment,
     or with --format nnunet a folder nnUNetv2_predict_from_modelfolder runs."""
-    from engine.inference.bundle_project import export_bundle
-    from engine.inference.nnunet_export import export_nnunet
+    from voxelbase.inference.bundle_project import export_bundle
+    from voxelbase.inference.nnunet_export import export_nnunet
 
     write = export_nnunet if export_format == "nnunet" else export_bundle  # same arguments
     result = write(
@@ -408,7 +408,7 @@ def export(ctx: click.Context, experiment, output, configuration, folds, replace
 @click.pass_context
 def import_model(ctx: click.Context, bundle: Path, name: str | None, replace: bool) -> None:
     """Register a model bundle as an experiment of the project (predict --experiment, compare and SQL see it)."""
-    from engine.inference.bundle_project import import_bundle
+    from voxelbase.inference.bundle_project import import_bundle
 
     result = import_bundle(bundle, project=_project(ctx), name=name, replace_existing=replace)
     click.echo(result.summary())
@@ -423,7 +423,7 @@ def import_model(ctx: click.Context, bundle: Path, name: str | None, replace: bo
 @click.pass_context
 def import_nnunet_command(ctx: click.Context, source: Path, name: str, configurations, folds, replace: bool) -> None:
     """Register an nnU-Net v2 trained-model folder (or nnUNetv2_export_model_to_zip zip) as an experiment."""
-    from engine.inference.nnunet_import import import_nnunet
+    from voxelbase.inference.nnunet_import import import_nnunet
 
     result = import_nnunet(
         source,

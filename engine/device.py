@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.errors import VoxelbaseError
+from voxelbase.errors import VoxelbaseError
 
 
 class DeviceError(VoxelbaseError, RuntimeError):

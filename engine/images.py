@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import VoxelbaseError
+from voxelbase.errors import VoxelbaseError
 
 TWO_D_SPACING = 999.0  # the spacing nnU-Net gives the missing axis of a 2-D image
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from engine.cli import cli
-from engine.ingest.demo import write_demo_dataset
-from engine.project import Project
+from voxelbase.cli import cli
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.project import Project
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SHAPE = (12, 24, 24)

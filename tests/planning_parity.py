@@ -1,7 +1,7 @@
 """Comparing Voxelbase plans with nnU-Net's plans file (shared by the planning tests).
 
 `parity_problems` walks every key nnU-Net writes into a plans file. A key is either compared with its Voxelbase
-counterpart (the plan's own value, or, for the network's fixed layer settings, what `engine.networks.blocks`
+counterpart (the plan's own value, or, for the network's fixed layer settings, what `voxelbase.networks.blocks`
 builds) or listed in `NO_COUNTERPART` with the reason; a key that is neither is itself reported, so a new key in
 nnU-Net's output cannot go unnoticed. `tests/fixtures/nnunet_demo_ct/NOTE.md` lists the mapping in prose.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from engine.networks.blocks import ConvNormAct
+from voxelbase.networks.blocks import ConvNormAct
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nnunet_synth_ct"
 DEMO_FIXTURES = Path(__file__).parent / "fixtures" / "nnunet_demo_ct"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from engine.training.augment import (
+from voxelbase.training.augment import (
     AugmentConfig,
     apply_augmentation,
     draw_params,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from engine.ingest.demo import write_demo_dataset
-from engine.project import Project
 from tests.conftest import catalog_snapshot, run_cli
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.project import Project
 
 SPEC = """
 name = "exp"

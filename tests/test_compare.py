@@ -7,11 +7,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from engine.catalog import connect, transaction
-from engine.catalog.results import insert_metrics
-from engine.catalog.runs import ensemble_members, ensemble_name
-from engine.evaluation.compare import compare, for_display
-from engine.evaluation.selection import SelectionError, ensemble_candidates, load_selection, select_best
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.results import insert_metrics
+from voxelbase.catalog.runs import ensemble_members, ensemble_name
+from voxelbase.evaluation.compare import compare, for_display
+from voxelbase.evaluation.selection import SelectionError, ensemble_candidates, load_selection, select_best
 
 # configuration -> fold -> case -> (label 1 Dice, label 2 Dice)
 FULLRES = {
@@ -160,7 +160,7 @@ def test_compare_table(project):
 
 
 def test_compare_command(project):
-    from engine.cli import cli
+    from voxelbase.cli import cli
 
     runner = CliRunner()
     result = runner.invoke(cli, ["--project", str(project), "compare", "exp", "--format", "json"])

@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-from engine.device import DeviceError, autocast_dtype
-from engine.networks import load_checkpoint
-from engine.spec import parse_spec
-from engine.training.trainer import _pseudo_dice_counts, train_fold
 from tests.conftest import REPO
+from voxelbase.device import DeviceError, autocast_dtype
+from voxelbase.networks import load_checkpoint
+from voxelbase.spec import parse_spec
+from voxelbase.training.trainer import _pseudo_dice_counts, train_fold
 
 CPU = torch.device("cpu")
 

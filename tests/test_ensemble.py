@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from engine.catalog import connect, transaction
-from engine.catalog.results import insert_metrics
-from engine.evaluation.ensemble import EnsembleError, ensemble_all, ensemble_cross_validation
-from engine.evaluation.metrics import case_metrics
-from engine.evaluation.selection import select_best
-from engine.images import write_probabilities
-from engine.ingest import ingest_dataset
-from engine.ingest.demo import write_demo_dataset
-from engine.planning import load_splits, plan_dataset
-from engine.project import Project
-from engine.store import read_case
 from tests.conftest import TINY_SHAPE
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.results import insert_metrics
+from voxelbase.evaluation.ensemble import EnsembleError, ensemble_all, ensemble_cross_validation
+from voxelbase.evaluation.metrics import case_metrics
+from voxelbase.evaluation.selection import select_best
+from voxelbase.images import write_probabilities
+from voxelbase.ingest import ingest_dataset
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.planning import load_splits, plan_dataset
+from voxelbase.project import Project
+from voxelbase.store import read_case
 
 MEMBERS = ("3d_fullres", "2d")
 LABELS = [1, 2, 3]

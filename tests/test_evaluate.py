@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
 
-from engine.catalog import connect
-from engine.evaluation.evaluate import EvaluationError, evaluate_folder
-from engine.evaluation.metrics import case_metrics
+from voxelbase.catalog import connect
+from voxelbase.evaluation.evaluate import EvaluationError, evaluate_folder
+from voxelbase.evaluation.metrics import case_metrics
 
 SPACING_ZYX = (2.5, 0.8, 0.7)
 DIRECTION = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # ITK order: a rotation about z
@@ -114,9 +114,9 @@ def test_bad_predictions_write_nothing(folders):
 
 
 def test_dataset_references_and_command(tmp_path):
-    from engine.cli import cli
-    from engine.ingest import ingest_dataset
-    from engine.ingest.demo import write_demo_dataset
+    from voxelbase.cli import cli
+    from voxelbase.ingest import ingest_dataset
+    from voxelbase.ingest.demo import write_demo_dataset
 
     raw, project = tmp_path / "raw", tmp_path / "project"
     write_demo_dataset(raw, cases=2, test_cases=0, seed=1, shape=(8, 24, 24))

@@ -13,16 +13,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from engine.inference import nnunet_export
-from engine.inference.nnunet_export import NnunetExportError, nnunet_plans, nnunet_state_dict_names
-from engine.inference.nnunet_model import postprocessing_decision
-from engine.ingest.demo import write_demo_dataset
-from engine.networks import build_network, load_checkpoint
-from engine.networks.nnunet import nnunet_architecture
-from engine.plan import Architecture, ConfigurationPlan, Normalization
-from engine.project import Project
 from tests.conftest import run_cli, tiny_spec
 from tests.planning_parity import parity_problems
+from voxelbase.inference import nnunet_export
+from voxelbase.inference.nnunet_export import NnunetExportError, nnunet_plans, nnunet_state_dict_names
+from voxelbase.inference.nnunet_model import postprocessing_decision
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.networks import build_network, load_checkpoint
+from voxelbase.networks.nnunet import nnunet_architecture
+from voxelbase.plan import Architecture, ConfigurationPlan, Normalization
+from voxelbase.project import Project
 
 KEYS = Path(__file__).parent / "fixtures" / "nnunet_network" / "state_dict_keys.json"
 MODEL_DIR = "nnUNetTrainer__nnUNetPlans__3d_fullres"
@@ -133,8 +133,8 @@ def test_key_names_equal_those_nnunet_builds(name):
 
 def test_postprocessing_pickle_reads_back_as_the_decision(trained):
     project, _, _, folder = trained
-    from engine.catalog import connect
-    from engine.catalog.results import postprocessing_decisions
+    from voxelbase.catalog import connect
+    from voxelbase.catalog.results import postprocessing_decisions
 
     with connect(project, read_only=True) as con:
         decision = postprocessing_decisions(con, "exp").get("3d_fullres")

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import engine.images
-from engine.images import ImageFileError, nifti_nonfinite_count, read_image
-from engine.inference.inputs import InputCase, PredictionError, read_input_case
+import voxelbase.images
 from tests.conftest import write_nifti
+from voxelbase.images import ImageFileError, nifti_nonfinite_count, read_image
+from voxelbase.inference.inputs import InputCase, PredictionError, read_input_case
 
 # The numeric fields of a NIfTI-1 header in file order (text fields as opaque bytes), so a whole header can change
 # byte order in one cast.
@@ -107,7 +107,7 @@ def test_integer_nifti_is_never_read_twice(tmp_path, monkeypatch):
     def refuse(_):
         raise AssertionError("an integer image's voxels were read a second time")
 
-    monkeypatch.setattr(engine.images, "nifti_nonfinite_count", refuse)
+    monkeypatch.setattr(voxelbase.images, "nifti_nonfinite_count", refuse)
     array, _ = read_image(path)
     assert array.dtype == np.int16
 

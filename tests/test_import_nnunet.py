@@ -19,14 +19,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from engine.inference.inputs import list_input_cases, read_input_case
-from engine.inference.models import load_models
-from engine.inference.nnunet_model import ALLOWED_GLOBALS, load_nnunet_checkpoint
-from engine.inference.predict import member_probabilities
-from engine.inference.probabilities import predict_probabilities, revert_logits
-from engine.project import Project
-from engine.volumes import apply_postprocessing
 from tests.conftest import catalog_snapshot, run_cli
+from voxelbase.inference.inputs import list_input_cases, read_input_case
+from voxelbase.inference.models import load_models
+from voxelbase.inference.nnunet_model import ALLOWED_GLOBALS, load_nnunet_checkpoint
+from voxelbase.inference.predict import member_probabilities
+from voxelbase.inference.probabilities import predict_probabilities, revert_logits
+from voxelbase.project import Project
+from voxelbase.volumes import apply_postprocessing
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nnunet_trained_model"
 MODEL_NAME = "nnUNetTrainer_vbTiny__nnUNetPlans__3d_fullres"

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from engine.catalog.queries import run_query
-from engine.ingest import ingest_dataset
-from engine.ingest.case import SAMPLES_PER_CASE
-from engine.ingest.demo import write_demo_dataset
-from engine.store import read_case
 from tests.conftest import run_cli, write_nifti
+from voxelbase.catalog.queries import run_query
+from voxelbase.ingest import ingest_dataset
+from voxelbase.ingest.case import SAMPLES_PER_CASE
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.store import read_case
 
 
 def _itk_geometry_zyx(path):

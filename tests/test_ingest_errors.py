@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from engine.ingest import IngestError, ingest_dataset
-from engine.ingest.demo import write_demo_dataset
 from tests.conftest import TINY_SHAPE, catalog_snapshot, run_cli
 from tests.test_images import make_big_endian, nifti_payload
+from voxelbase.ingest import IngestError, ingest_dataset
+from voxelbase.ingest.demo import write_demo_dataset
 
 
 @pytest.fixture
@@ -216,7 +216,7 @@ def test_interrupted_ingest_leaves_catalog_as_it_was(tmp_path, stored, sig):
         [
             sys.executable,
             "-m",
-            "engine.cli",
+            "voxelbase.cli",
             "--project",
             str(project.root),
             "ingest",

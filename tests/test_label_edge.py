@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.volumes.resample import resample_label
+from voxelbase.volumes.resample import resample_label
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nnunet_label_edge" / "skull_stripped.npz"
 

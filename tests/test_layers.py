@@ -14,6 +14,7 @@ STAGES = ("ingest", "planning", "preprocessing", "training", "inference", "evalu
 TOP = ("workflow", "cli")
 LOWER = (
     "errors",
+    "resources",
     "project",
     "device",
     "tabular",
@@ -29,19 +30,21 @@ LOWER = (
 
 
 def _part(module: str) -> str:
-    """The top-level folder (or module) of `engine.<part>...`."""
+    """The top-level folder (or module) of `voxelbase.<part>...`."""
     return module.split(".")[1] if module.count(".") else ""
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every `engine.*` import in a file, wherever it stands."""
+    """(line, module) of every `voxelbase.*` import in a file, wherever it stands."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names if alias.name.startswith("engine")]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("engine") and not node.level:
-            if node.module == "engine":
-                found += [(node.lineno, f"engine.{alias.name}") for alias in node.names]
+            found += [(node.lineno, alias.name) for alias in node.names if alias.name.startswith("voxelbase")]
+        elif (
+            isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("voxelbase") and not node.level
+        ):
+            if node.module == "voxelbase":
+                found += [(node.lineno, f"voxelbase.{alias.name}") for alias in node.names]
             else:
                 found.append((node.lineno, node.module))
         elif isinstance(node, ast.ImportFrom) and node.level:

@@ -11,16 +11,16 @@ import pytest
 import torch
 import zarr
 
-from engine.ingest import ingest_dataset
-from engine.ingest.demo import write_demo_dataset
-from engine.planning import load_plan, plan_dataset
-from engine.preprocessing.dataset import preprocess_dataset
-from engine.project import Project
-from engine.store import stage_name
-from engine.store.layout import case_dir
-from engine.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
-from engine.training.loader import PatchStream, StreamSettings, augment_batch
-from engine.training.patches import CaseEntry, load_cases, read_patch, sample_batch
+from voxelbase.ingest import ingest_dataset
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.planning import load_plan, plan_dataset
+from voxelbase.preprocessing.dataset import preprocess_dataset
+from voxelbase.project import Project
+from voxelbase.store import stage_name
+from voxelbase.store.layout import case_dir
+from voxelbase.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
+from voxelbase.training.loader import PatchStream, StreamSettings, augment_batch
+from voxelbase.training.patches import CaseEntry, load_cases, read_patch, sample_batch
 
 DATASET = "demo"
 
@@ -273,7 +273,7 @@ def test_stream_needs_cases():
 
 
 def test_probabilistic_oversampling_forces_about_the_given_share():
-    from engine.training.patches import CaseEntry, sample_batch
+    from voxelbase.training.patches import CaseEntry, sample_batch
 
     case = CaseEntry("c", (20, 20, 20), {1: np.array([[10, 10, 10]], dtype=np.int32)})
     rng = np.random.default_rng(0)

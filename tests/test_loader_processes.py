@@ -7,11 +7,11 @@ import itertools
 import pytest
 import torch
 
-from engine.planning import load_plan
-from engine.store import stage_name
-from engine.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
-from engine.training.loader import PatchStream, StreamSettings
-from engine.training.patches import load_cases
+from voxelbase.planning import load_plan
+from voxelbase.store import stage_name
+from voxelbase.training.augment import AugmentConfig, initial_patch_size, use_dummy_2d
+from voxelbase.training.loader import PatchStream, StreamSettings
+from voxelbase.training.patches import load_cases
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.training.loss import (
+from voxelbase.training.loss import (
     build_loss,
     deep_supervision_scales,
     deep_supervision_weights,
     downsample_targets,
     soft_dice_loss,
 )
-from engine.training.optim import build_optimizer, poly_lr
+from voxelbase.training.optim import build_optimizer, poly_lr
 
 STRIDES = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
 IGNORE = 9

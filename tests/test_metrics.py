@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from engine.evaluation.metrics import case_metrics, empty_label_metrics
+from voxelbase.evaluation.metrics import case_metrics, empty_label_metrics
 
 
 def sphere(shape, center, radius) -> np.ndarray:

@@ -43,8 +43,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.networks import build_network, count_parameters
-from engine.networks.nnunet import nnunet_architecture as _nnunet_as_architecture
+from voxelbase.networks import build_network, count_parameters
+from voxelbase.networks.nnunet import nnunet_architecture as _nnunet_as_architecture
 
 NNUNET_NETWORKS = Path(__file__).parent / "fixtures" / "nnunet_network"
 

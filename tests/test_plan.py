@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from engine.plan import ConfigurationPlan, Plan, PlanFormatError
-from engine.planning import plan_experiment
 from tests.planning_parity import fingerprint_from_nnunet, fixture_dirs
+from voxelbase.plan import ConfigurationPlan, Plan, PlanFormatError
+from voxelbase.planning import plan_experiment
 
 FOLDERS = [pytest.param(folder, id=folder.name) for folder in fixture_dirs()]
 

@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
 
-from engine.catalog import connect
-from engine.cli import cli
-from engine.ingest import ingest_dataset
-from engine.ingest.demo import write_demo_dataset
-from engine.planning import PlanningError, plan_dataset
+from voxelbase.catalog import connect
+from voxelbase.cli import cli
+from voxelbase.ingest import ingest_dataset
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.planning import PlanningError, plan_dataset
 
 SMALL = {"cases": 5, "test_cases": 0, "seed": 7, "shape": (16, 32, 32)}
 

@@ -11,12 +11,12 @@ import json
 
 import pytest
 
-from engine.catalog import connect
-from engine.ingest import ingest_dataset
-from engine.plan import Plan
-from engine.planning import load_fingerprint, load_plan, load_splits, plan_dataset
 from tests.conftest import NNUNET_DEMO_DATA
 from tests.planning_parity import DEMO_FIXTURES, PLANS_FILES, parity_problems
+from voxelbase.catalog import connect
+from voxelbase.ingest import ingest_dataset
+from voxelbase.plan import Plan
+from voxelbase.planning import load_fingerprint, load_plan, load_splits, plan_dataset
 
 N_TRAINING = NNUNET_DEMO_DATA["cases"]
 # Foreground intensity statistics, allowed difference from nnU-Net's as a fraction of its 0.5-99.5 percentile range.

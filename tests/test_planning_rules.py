@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from engine.planning import PlanningError, default_splits, plan_experiment
-from engine.planning.topology import feature_map_elements, pool_and_conv_layout
 from tests.planning_parity import FIXTURES, PLANS_FILES, fingerprint_from_nnunet, fixture_dirs, parity_problems
+from voxelbase.planning import PlanningError, default_splits, plan_experiment
+from voxelbase.planning.topology import feature_map_elements, pool_and_conv_layout
 
 CASES = [
     pytest.param(folder, preset, id=f"{folder.name}-{preset}")

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from engine.catalog import connect, transaction
-from engine.catalog.results import postprocessing_decision as load_postprocessing
-from engine.catalog.results import record_postprocessing
-from engine.evaluation.postprocessing import decide_postprocessing
-from engine.volumes import apply_postprocessing, keep_largest_component
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.results import postprocessing_decision as load_postprocessing
+from voxelbase.catalog.results import record_postprocessing
+from voxelbase.evaluation.postprocessing import decide_postprocessing
+from voxelbase.volumes import apply_postprocessing, keep_largest_component
 
 SPACING = (1.0, 1.0, 1.0)
 
@@ -119,7 +119,7 @@ def test_decision_is_recorded_and_replaced(tmp_path):
 def test_determine_from_fold_folders_records_the_decision(tmp_path):
     import SimpleITK as sitk
 
-    from engine.evaluation.postprocessing import determine_postprocessing
+    from voxelbase.evaluation.postprocessing import determine_postprocessing
 
     refs = tmp_path / "labelsTr"
     refs.mkdir()

@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from engine.catalog import transaction
-from engine.catalog.results import record_postprocessing
-from engine.images import read_probabilities
-from engine.inference.predict import PredictionError, PredictionWarning, predict
-from engine.ingest import ingest_dataset
-from engine.ingest.demo import write_demo_dataset
-from engine.planning import plan_dataset
-from engine.preprocessing.dataset import preprocess_dataset
-from engine.project import Project
-from engine.volumes import keep_largest_component
-from engine.workflow.train import train
 from tests.conftest import TINY_SHAPE, run_cli, write_nifti
+from voxelbase.catalog import transaction
+from voxelbase.catalog.results import record_postprocessing
+from voxelbase.images import read_probabilities
+from voxelbase.inference.predict import PredictionError, PredictionWarning, predict
+from voxelbase.ingest import ingest_dataset
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.planning import plan_dataset
+from voxelbase.preprocessing.dataset import preprocess_dataset
+from voxelbase.project import Project
+from voxelbase.volumes import keep_largest_component
+from voxelbase.workflow.train import train
 
 SPEC = """
 name = "exp"

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from engine.ingest.demo import write_demo_dataset
-from engine.plan import ConfigurationPlan, Normalization
-from engine.preprocessing import preprocess_case
-from engine.preprocessing.class_locations import sample_class_locations, sample_count
-from engine.preprocessing.crop import crop_to_nonzero
-from engine.preprocessing.normalize import normalize, normalize_channel
-from engine.volumes import probabilities_to_segmentation, revert_probabilities, revert_segmentation
-from engine.volumes.resample import (
+from tests.conftest import NNUNET_DEMO, NNUNET_DEMO_DATA
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.plan import ConfigurationPlan, Normalization
+from voxelbase.preprocessing import preprocess_case
+from voxelbase.preprocessing.class_locations import sample_class_locations, sample_count
+from voxelbase.preprocessing.crop import crop_to_nonzero
+from voxelbase.preprocessing.normalize import normalize, normalize_channel
+from voxelbase.volumes import probabilities_to_segmentation, revert_probabilities, revert_segmentation
+from voxelbase.volumes.resample import (
     compute_new_shape,
     resample_image,
     resample_label,
     separate_z,
 )
-from tests.conftest import NNUNET_DEMO, NNUNET_DEMO_DATA
 
 REFERENCE_CASES = ["demo_000", "demo_002"]  # the cases whose preprocessed arrays nnU-Net's reference keeps
 # measured against nnU-Net v2.8.1: at most 7.2e-7 (a few float32 steps) on every case of the reference data

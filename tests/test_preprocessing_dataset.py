@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 import zarr
 
-from engine.catalog import connect
-from engine.catalog.preprocessed import case_properties, class_locations
-from engine.ingest import ingest_dataset
-from engine.ingest.demo import write_demo_dataset
-from engine.plan import ConfigurationPlan
-from engine.planning import plan_dataset
-from engine.preprocessing.case import preprocess_case
-from engine.preprocessing.class_locations import sample_count
-from engine.preprocessing.dataset import PreprocessingError, preprocess_dataset
-from engine.project import Project
-from engine.store import read_case
 from tests.conftest import catalog_snapshot, run_cli
+from voxelbase.catalog import connect
+from voxelbase.catalog.preprocessed import case_properties, class_locations
+from voxelbase.ingest import ingest_dataset
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.plan import ConfigurationPlan
+from voxelbase.planning import plan_dataset
+from voxelbase.preprocessing.case import preprocess_case
+from voxelbase.preprocessing.class_locations import sample_count
+from voxelbase.preprocessing.dataset import PreprocessingError, preprocess_dataset
+from voxelbase.project import Project
+from voxelbase.store import read_case
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "demo"
@@ -172,7 +172,7 @@ def test_killed_run_is_finished_by_the_next_run(project):
     plan_name, _ = plan_of(project)
     folder = stage(project, plan_name)
     code = (
-        "from engine.preprocessing.dataset import preprocess_dataset\n"
+        "from voxelbase.preprocessing.dataset import preprocess_dataset\n"
         f"preprocess_dataset({DATASET!r}, configuration='3d_fullres', project={str(project.root)!r}, workers=1)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

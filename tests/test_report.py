@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.catalog import transaction
-from engine.catalog.queries import run_query
-from engine.catalog.runs import record_experiment, start_training_run
-from engine.evaluation.report import CaseResult, ReportError, pick_cases, write_report
-from engine.images import read_image
-from engine.ingest.demo import write_demo_dataset
-from engine.project import Project
 from tests.conftest import run_cli, tiny_spec
+from voxelbase.catalog import transaction
+from voxelbase.catalog.queries import run_query
+from voxelbase.catalog.runs import record_experiment, start_training_run
+from voxelbase.evaluation.report import CaseResult, ReportError, pick_cases, write_report
+from voxelbase.images import read_image
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.project import Project
 
 SPEC = tiny_spec(source="raw")
 CHROMIUM_FLAGS = (

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from engine.catalog.queries import run_query
-from engine.ingest.demo import write_demo_dataset
 from tests.conftest import run_cli, tiny_spec
+from voxelbase.catalog.queries import run_query
+from voxelbase.ingest.demo import write_demo_dataset
 
 SPEC = tiny_spec(source="raw")
 

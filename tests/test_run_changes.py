@@ -10,10 +10,10 @@ import shutil
 
 import pytest
 
-from engine.catalog.queries import run_query
-from engine.ingest.demo import write_demo_dataset
-from engine.project import Project
 from tests.conftest import run_cli, tiny_spec
+from voxelbase.catalog.queries import run_query
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.project import Project
 
 SPEC = tiny_spec(name="keys", source="{source}")
 TRAIN = ["train:3d_fullres:0", "train:3d_fullres:1"]

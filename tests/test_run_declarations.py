@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from engine.project import Project
-from engine.spec import parse_spec
-from engine.workflow.run import ordered, step_key
-from engine.workflow.steps import Step, declare_steps
+from voxelbase.project import Project
+from voxelbase.spec import parse_spec
+from voxelbase.workflow.run import ordered, step_key
+from voxelbase.workflow.steps import Step, declare_steps
 
 SPEC = """
 name = "e"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from engine.catalog import transaction
-from engine.catalog.queries import run_query
-from engine.training import records
+from voxelbase.catalog import transaction
+from voxelbase.catalog.queries import run_query
+from voxelbase.training import records
 
 
 def _start(project) -> int:

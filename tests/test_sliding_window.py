@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.inference.gaussian import compute_steps, gaussian_importance_map
-from engine.inference.sliding_window import predict_logits
-from engine.networks import build_network
+from voxelbase.inference.gaussian import compute_steps, gaussian_importance_map
+from voxelbase.inference.sliding_window import predict_logits
+from voxelbase.networks import build_network
 
 
 def _pointwise_net(conv_dims: int, in_channels: int = 2, n_classes: int = 3) -> nn.Module:

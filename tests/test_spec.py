@@ -7,9 +7,17 @@ import json
 
 import pytest
 
-from engine.spec import ExperimentSpec, SpecError, TrainSpec, experiment_schema, load_spec, parse_spec, spec_from_dict
-from engine.spec.model import SECTIONS
-from engine.training.augment import AugmentConfig
+from voxelbase.spec import (
+    ExperimentSpec,
+    SpecError,
+    TrainSpec,
+    experiment_schema,
+    load_spec,
+    parse_spec,
+    spec_from_dict,
+)
+from voxelbase.spec.model import SECTIONS
+from voxelbase.training.augment import AugmentConfig
 
 MINIMAL = 'name = "synth-baseline"\ndataset = "synth"\n'
 

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from engine.catalog import connect, transaction
-from engine.catalog.plans import splits_fingerprint, write_splits
-from engine.catalog.queries import run_query
-from engine.ingest.demo import write_demo_dataset
-from engine.planning import default_splits, load_splits
-from engine.project import Project
-from engine.spec import load_spec
-from engine.workflow.keys import data_fingerprint
 from tests.conftest import catalog_snapshot, run_cli, tiny_spec
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.plans import splits_fingerprint, write_splits
+from voxelbase.catalog.queries import run_query
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.planning import default_splits, load_splits
+from voxelbase.project import Project
+from voxelbase.spec import load_spec
+from voxelbase.workflow.keys import data_fingerprint
 
 TINY = (12, 24, 24)
 SPEC = tiny_spec(name="{name}", dataset="{dataset}", folds="{folds}")

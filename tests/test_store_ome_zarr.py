@@ -18,17 +18,17 @@ from ome_zarr_models import open_ome_zarr
 from ome_zarr_models.v05.image import Image
 from ome_zarr_models.v05.image_label import ImageLabel
 
-from engine.catalog import connect
-from engine.catalog.datasets import case_geometries
-from engine.catalog.preprocessed import case_properties
-from engine.ingest import ingest_dataset
-from engine.ingest.demo import write_demo_dataset
-from engine.planning import plan_dataset
-from engine.preprocessing.dataset import preprocess_dataset
-from engine.project import Project
-from engine.store import CaseGeometry, read_case, write_case
-from engine.store.ome import read_case_geometry
-from engine.training.patches import chunk_files
+from voxelbase.catalog import connect
+from voxelbase.catalog.datasets import case_geometries
+from voxelbase.catalog.preprocessed import case_properties
+from voxelbase.ingest import ingest_dataset
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.planning import plan_dataset
+from voxelbase.preprocessing.dataset import preprocess_dataset
+from voxelbase.project import Project
+from voxelbase.store import CaseGeometry, read_case, write_case
+from voxelbase.store.ome import read_case_geometry
+from voxelbase.training.patches import chunk_files
 
 DATASET = "demo"
 CONFIGURATION = "3d_fullres"

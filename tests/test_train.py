@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.catalog.queries import run_query
-from engine.ingest.demo import write_demo_dataset
-from engine.planning import load_plan
-from engine.project import Project
 from tests.conftest import REPO, run_cli
+from voxelbase.catalog.queries import run_query
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.planning import load_plan
+from voxelbase.project import Project
 
 SPEC = """\
 name = "tiny"
@@ -84,7 +84,7 @@ def train(project: Project, spec: Path, *sets: str, flags: tuple[str, ...] = (),
 
 
 def train_subprocess(project: Project, spec: Path, *sets: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "engine.cli", "--project", str(project.root), "train", str(spec)]
+    args = [sys.executable, "-m", "voxelbase.cli", "--project", str(project.root), "train", str(spec)]
     for item in sets:
         args += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.catalog import transaction
-from engine.catalog.queries import run_query
-from engine.ingest.demo import write_demo_dataset
-from engine.project import Project
 from tests.conftest import TINY_SHAPE, run_cli
+from voxelbase.catalog import transaction
+from voxelbase.catalog.queries import run_query
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.project import Project
 
 SPEC = """\
 name = "bad"

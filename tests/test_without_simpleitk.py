@@ -7,13 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.catalog.queries import run_query
-from engine.ingest import ingest_dataset
-from engine.ingest.demo import write_demo_dataset
-from engine.planning import plan_dataset
-from engine.preprocessing.dataset import preprocess_dataset
+from voxelbase.catalog.queries import run_query
+from voxelbase.ingest import ingest_dataset
+from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.planning import plan_dataset
+from voxelbase.preprocessing.dataset import preprocess_dataset
 
-BLOCKED = "import sys; sys.modules['SimpleITK'] = None; from engine.cli import main; sys.argv[0] = 'voxelbase'; main()"
+BLOCKED = (
+    "import sys; sys.modules['SimpleITK'] = None; from voxelbase.cli import main; sys.argv[0] = 'voxelbase'; main()"
+)
 
 
 def test_train_and_validate_without_simpleitk(project, tmp_path):

@@ -6,6 +6,6 @@ connection, so a stage decides what commits together: `with transaction(project)
 `with connect(project, read_only=True) as con:` to read.
 """
 
-from engine.catalog.connection import CatalogError, connect, transaction
+from voxelbase.catalog.connection import CatalogError, connect, transaction
 
 __all__ = ["CatalogError", "connect", "transaction"]

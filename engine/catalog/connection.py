@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import duckdb
 
-from engine.catalog.atomic import atomic
-from engine.catalog.migrations import migrate, migration_files
-from engine.errors import VoxelbaseError
-from engine.project import Project
+from voxelbase.catalog.atomic import atomic
+from voxelbase.catalog.migrations import migrate, migration_files
+from voxelbase.errors import VoxelbaseError
+from voxelbase.project import Project
 
 LOCK_WAIT_SECONDS = 60.0
 

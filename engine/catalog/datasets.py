@@ -12,8 +12,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from engine.catalog.plans import write_splits
-from engine.images import Geometry
+from voxelbase.catalog.plans import write_splits
+from voxelbase.images import Geometry
 
 # every table holding one dataset's rows, deleted together when a dataset is replaced
 DATASET_TABLES = (

@@ -12,17 +12,15 @@ from pathlib import Path
 
 import duckdb
 
-from engine.catalog.atomic import atomic
+from voxelbase.catalog.atomic import atomic
+from voxelbase.resources import schema_dir
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schema"
 _MIGRATION = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 
 def migration_files() -> list[tuple[int, str, Path]]:
-    if not SCHEMA_DIR.is_dir():
-        raise FileNotFoundError(f"schema folder not found at {SCHEMA_DIR}; install the package from its source tree")
     found = []
-    for path in sorted(SCHEMA_DIR.iterdir()):
+    for path in sorted(schema_dir().iterdir()):
         match = _MIGRATION.match(path.name)
         if match:
             found.append((int(match.group(1)), match.group(2), path))
@@ -33,11 +31,11 @@ def upgrade_store_from_catalog(con: duckdb.DuckDBPyConnection, store_root: Path 
     """Add the Zarr group nodes and OME-Zarr geometry an existing store lacks, from the catalog's geometry (raw cases
     from `cases`, preprocessed ones from it and their crop box and spacing in `preprocessed_cases`); no chunk is
     rewritten. The store is the catalog file's project's unless `store_root` is given. Returns the cases visited."""
-    from engine.catalog.datasets import case_geometries
-    from engine.catalog.preprocessed import case_properties
-    from engine.project import Project
-    from engine.store.layout import RAW_STAGE
-    from engine.store.ome import CaseGeometry, upgrade_store
+    from voxelbase.catalog.datasets import case_geometries
+    from voxelbase.catalog.preprocessed import case_properties
+    from voxelbase.project import Project
+    from voxelbase.store.layout import RAW_STAGE
+    from voxelbase.store.ome import CaseGeometry, upgrade_store
 
     if store_root is None:
         row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import duckdb
 
-from engine.plan import ConfigurationPlan
+from voxelbase.plan import ConfigurationPlan
 
 
 def replace_plans(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from engine.catalog.connection import connect
-from engine.project import Project
+from voxelbase.catalog.connection import connect
+from voxelbase.project import Project
 
 
 def run_query(query: str, *, project: Project | str | None = None, params: list | None = None) -> pa.Table:

@@ -46,7 +46,7 @@ def insert_metrics(
 ) -> int:
     """Insert the metric rows of one run (replacing rows of the same run and case); returns the row count.
 
-    `cases` yields (case_id, rows) with rows as `engine.evaluation.metrics.case_metrics` returns them.
+    `cases` yields (case_id, rows) with rows as `voxelbase.evaluation.metrics.case_metrics` returns them.
     Pass `nsd_tolerance_mm=None` when HD95/NSD were not computed.
     """
     table = metrics_table(run_id, cases, nsd_tolerance_mm=nsd_tolerance_mm)

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from engine.catalog import connect
-from engine.catalog.results import fold_summaries, label_names_of_results, pooled_summaries
-from engine.catalog.runs import experiments_with_runs
-from engine.errors import VoxelbaseError
-from engine.project import Project
+from voxelbase.catalog import connect
+from voxelbase.catalog.results import fold_summaries, label_names_of_results, pooled_summaries
+from voxelbase.catalog.runs import experiments_with_runs
+from voxelbase.errors import VoxelbaseError
+from voxelbase.project import Project
 
 METRICS = ("dice", "iou", "hd95", "nsd")
 KIND_ORDER = {"train": 0, "ensemble": 1, "evaluation": 2}

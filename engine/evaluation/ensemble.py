@@ -18,18 +18,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engine.catalog import connect, transaction
-from engine.catalog.datasets import case_geometries, dataset_info
-from engine.catalog.plans import dataset_splits
-from engine.catalog.results import insert_metrics
-from engine.catalog.runs import ensemble_name, experiment_row, finished_folds, record_finished_run
-from engine.errors import VoxelbaseError
-from engine.evaluation.metrics import case_metrics
-from engine.evaluation.selection import ensemble_candidates
-from engine.images import read_probabilities, write_segmentation
-from engine.project import Project
-from engine.store import read_case
-from engine.volumes import argmax_segmentation, mean_probabilities
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.datasets import case_geometries, dataset_info
+from voxelbase.catalog.plans import dataset_splits
+from voxelbase.catalog.results import insert_metrics
+from voxelbase.catalog.runs import ensemble_name, experiment_row, finished_folds, record_finished_run
+from voxelbase.errors import VoxelbaseError
+from voxelbase.evaluation.metrics import case_metrics
+from voxelbase.evaluation.selection import ensemble_candidates
+from voxelbase.images import read_probabilities, write_segmentation
+from voxelbase.project import Project
+from voxelbase.store import read_case
+from voxelbase.volumes import argmax_segmentation, mean_probabilities
 
 
 class EnsembleError(VoxelbaseError, ValueError):

@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from engine.catalog import connect, transaction
-from engine.catalog.datasets import case_geometries, dataset_info, foreground_label_values
-from engine.catalog.results import insert_metrics, metric_summary, record_evaluation
-from engine.catalog.runs import record_finished_run
-from engine.errors import VoxelbaseError
-from engine.evaluation.metrics import case_metrics, empty_label_metrics
-from engine.images import Geometry, ImageFileError, read_image
-from engine.parallel import completed, worker_count
-from engine.project import Project
-from engine.store import case_dir
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.datasets import case_geometries, dataset_info, foreground_label_values
+from voxelbase.catalog.results import insert_metrics, metric_summary, record_evaluation
+from voxelbase.catalog.runs import record_finished_run
+from voxelbase.errors import VoxelbaseError
+from voxelbase.evaluation.metrics import case_metrics, empty_label_metrics
+from voxelbase.images import Geometry, ImageFileError, read_image
+from voxelbase.parallel import completed, worker_count
+from voxelbase.project import Project
+from voxelbase.store import case_dir
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl.gz", ".gipl", ".tif", ".tiff")
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from engine.volumes.components import padded_box
+from voxelbase.volumes.components import padded_box
 
 _FACE = ndimage.generate_binary_structure(3, 1)
 

@@ -24,11 +24,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from engine.catalog import transaction
-from engine.catalog.results import record_postprocessing
-from engine.evaluation.evaluate import iter_case_pairs
-from engine.evaluation.metrics import overlap_scores
-from engine.volumes.components import largest_component_mask
+from voxelbase.catalog import transaction
+from voxelbase.catalog.results import record_postprocessing
+from voxelbase.evaluation.evaluate import iter_case_pairs
+from voxelbase.evaluation.metrics import overlap_scores
+from voxelbase.volumes.components import largest_component_mask
 
 
 class _Scores:

@@ -21,13 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.catalog import connect
-from engine.catalog.datasets import case_geometries, dataset_info, foreground_label_values
-from engine.catalog.results import cross_validation_case_metrics, label_names_of_results, postprocessing_decisions
-from engine.catalog.runs import experiment_names, experiment_row, experiments_with_runs, finished_folds, result_epochs
-from engine.errors import VoxelbaseError
-from engine.evaluation.compare import compare, for_display
-from engine.evaluation.report_render import (
+from voxelbase.catalog import connect
+from voxelbase.catalog.datasets import case_geometries, dataset_info, foreground_label_values
+from voxelbase.catalog.results import cross_validation_case_metrics, label_names_of_results, postprocessing_decisions
+from voxelbase.catalog.runs import (
+    experiment_names,
+    experiment_row,
+    experiments_with_runs,
+    finished_folds,
+    result_epochs,
+)
+from voxelbase.errors import VoxelbaseError
+from voxelbase.evaluation.compare import compare, for_display
+from voxelbase.evaluation.report_render import (
     curves_figure,
     distribution_figure,
     figure_html,
@@ -35,10 +41,10 @@ from engine.evaluation.report_render import (
     page,
     table_html,
 )
-from engine.evaluation.selection import load_selection
-from engine.images import Geometry, ImageFileError, read_image
-from engine.project import Project
-from engine.store import open_case_arrays
+from voxelbase.evaluation.selection import load_selection
+from voxelbase.images import Geometry, ImageFileError, read_image
+from voxelbase.project import Project
+from voxelbase.store import open_case_arrays
 
 METRICS = ("dice", "hd95", "iou", "nsd")  # the first table is open, the others folded
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import itertools
 
-from engine.catalog import connect, transaction
-from engine.catalog.results import SelectionRow, configuration_ranking, record_selection
-from engine.catalog.results import selection as selection_row
-from engine.catalog.runs import ensemble_members, finished_folds
-from engine.errors import VoxelbaseError
-from engine.project import Project
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.results import SelectionRow, configuration_ranking, record_selection
+from voxelbase.catalog.results import selection as selection_row
+from voxelbase.catalog.runs import ensemble_members, finished_folds
+from voxelbase.errors import VoxelbaseError
+from voxelbase.project import Project
 
 CONFIGURATION_ORDER = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")  # nnU-Net's default model order
 

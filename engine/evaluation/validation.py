@@ -23,21 +23,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.catalog import connect, transaction
-from engine.catalog.datasets import case_geometries, dataset_info
-from engine.catalog.preprocessed import case_properties
-from engine.catalog.results import clear_metrics, insert_metrics
-from engine.catalog.runs import latest_training_run, record_scoring, record_validation, validation_keys
-from engine.errors import VoxelbaseError
-from engine.evaluation.metrics import case_metrics
-from engine.images import ImageFileError, read_image, write_probabilities, write_segmentation
-from engine.inference.probabilities import predict_probabilities
-from engine.networks import load_trained_model, trained_plan
-from engine.planning import fold_case_ids
-from engine.project import Project
-from engine.spec import ExperimentSpec
-from engine.store import read_case, stage_name
-from engine.volumes import probabilities_to_segmentation, revert_probabilities
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.datasets import case_geometries, dataset_info
+from voxelbase.catalog.preprocessed import case_properties
+from voxelbase.catalog.results import clear_metrics, insert_metrics
+from voxelbase.catalog.runs import latest_training_run, record_scoring, record_validation, validation_keys
+from voxelbase.errors import VoxelbaseError
+from voxelbase.evaluation.metrics import case_metrics
+from voxelbase.images import ImageFileError, read_image, write_probabilities, write_segmentation
+from voxelbase.inference.probabilities import predict_probabilities
+from voxelbase.networks import load_trained_model, trained_plan
+from voxelbase.planning import fold_case_ids
+from voxelbase.project import Project
+from voxelbase.spec import ExperimentSpec
+from voxelbase.store import read_case, stage_name
+from voxelbase.volumes import probabilities_to_segmentation, revert_probabilities
 
 CHECKPOINT = "checkpoint_final.pt"
 NO_SIMPLEITK_SUFFIX = ".segmentation.npz"  # where a machine without SimpleITK keeps a validation segmentation

@@ -24,13 +24,13 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
-from engine.catalog.runs import ensemble_members, ensemble_name
-from engine.device import resolve_device
-from engine.inference.inputs import PredictionError
-from engine.inference.models import ConfigurationModels, PredictionModels, choose_folds
-from engine.networks import network_for_plan
-from engine.plan import ConfigurationPlan, PlanFormatError
-from engine.spec import spec_from_dict
+from voxelbase.catalog.runs import ensemble_members, ensemble_name
+from voxelbase.device import resolve_device
+from voxelbase.inference.inputs import PredictionError
+from voxelbase.inference.models import ConfigurationModels, PredictionModels, choose_folds
+from voxelbase.networks import network_for_plan
+from voxelbase.plan import ConfigurationPlan, PlanFormatError
+from voxelbase.spec import spec_from_dict
 
 BUNDLE_FORMAT = "voxelbase-bundle"
 BUNDLE_VERSION = 1

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from engine.catalog import connect, transaction
-from engine.catalog.datasets import channel_names, dataset_info, training_spacing_range
-from engine.catalog.results import (
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.datasets import channel_names, dataset_info, training_spacing_range
+from voxelbase.catalog.results import (
     SelectionRow,
     forget_experiment_results,
     postprocessing_decisions,
@@ -27,9 +27,9 @@ from engine.catalog.results import (
     record_selection,
     selection,
 )
-from engine.catalog.runs import experiment_row, forget_experiment_runs, record_experiment, record_finished_run
-from engine.catalog.steps import forget_steps
-from engine.inference.bundle import (
+from voxelbase.catalog.runs import experiment_row, forget_experiment_runs, record_experiment, record_finished_run
+from voxelbase.catalog.steps import forget_steps
+from voxelbase.inference.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
     MANIFEST,
@@ -40,17 +40,17 @@ from engine.inference.bundle import (
     sha256,
     weights_file,
 )
-from engine.inference.models import (
+from voxelbase.inference.models import (
     CHECKPOINT,
     choose_configuration,
     choose_folds,
     experiment_spec,
     trained_folds,
 )
-from engine.networks import load_checkpoint, save_checkpoint
-from engine.project import Project
-from engine.spec import spec_from_dict
-from engine.store.layout import unsafe_name
+from voxelbase.networks import load_checkpoint, save_checkpoint
+from voxelbase.project import Project
+from voxelbase.spec import spec_from_dict
+from voxelbase.store.layout import unsafe_name
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import VoxelbaseError
-from engine.images import Geometry, ImageFileError, read_channels
-from engine.store.layout import unsafe_name
+from voxelbase.errors import VoxelbaseError
+from voxelbase.images import Geometry, ImageFileError, read_channels
+from voxelbase.store.layout import unsafe_name
 
 # `<case>_<cccc><ending>`: the case id is greedy, so 'a_0000_0001.nii.gz' is channel 1 of case 'a_0000'
 INPUT_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.[A-Za-z0-9][A-Za-z0-9.]*)$")

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.catalog import connect
-from engine.catalog.results import postprocessing_decision, selection
-from engine.catalog.runs import ensemble_members, ensemble_name, experiment_names, experiment_row, finished_folds
-from engine.device import resolve_device
-from engine.inference.inputs import PredictionError
-from engine.networks import load_trained_model
-from engine.plan import ConfigurationPlan
-from engine.project import Project
-from engine.spec import ExperimentSpec, spec_from_dict
+from voxelbase.catalog import connect
+from voxelbase.catalog.results import postprocessing_decision, selection
+from voxelbase.catalog.runs import ensemble_members, ensemble_name, experiment_names, experiment_row, finished_folds
+from voxelbase.device import resolve_device
+from voxelbase.inference.inputs import PredictionError
+from voxelbase.networks import load_trained_model
+from voxelbase.plan import ConfigurationPlan
+from voxelbase.project import Project
+from voxelbase.spec import ExperimentSpec, spec_from_dict
 
 CHECKPOINT = "checkpoint_final.pt"
 

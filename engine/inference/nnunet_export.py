@@ -29,19 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.catalog import connect
-from engine.catalog.datasets import dataset_info, fingerprint_rows
-from engine.catalog.results import postprocessing_decisions
-from engine.inference.bundle_project import _write_atomically
-from engine.inference.inputs import PredictionError
-from engine.inference.models import CHECKPOINT, choose_configuration, choose_folds, experiment_spec, trained_folds
-from engine.inference.nnunet_model import KEEP_LARGEST, NNUNET_CHECKPOINT, NORMALIZATION_SCHEMES, RESAMPLING_FUNCTION
-from engine.networks import load_checkpoint
-from engine.networks.blocks import LEAKY_SLOPE, NORM_EPS
-from engine.networks.nnunet import NETWORK_CLASSES
-from engine.plan import ANISOTROPY_THRESHOLD, Architecture, ConfigurationPlan
-from engine.project import Project
-from engine.spec import mirror_axes_for
+from voxelbase.catalog import connect
+from voxelbase.catalog.datasets import dataset_info, fingerprint_rows
+from voxelbase.catalog.results import postprocessing_decisions
+from voxelbase.inference.bundle_project import _write_atomically
+from voxelbase.inference.inputs import PredictionError
+from voxelbase.inference.models import CHECKPOINT, choose_configuration, choose_folds, experiment_spec, trained_folds
+from voxelbase.inference.nnunet_model import KEEP_LARGEST, NNUNET_CHECKPOINT, NORMALIZATION_SCHEMES, RESAMPLING_FUNCTION
+from voxelbase.networks import load_checkpoint
+from voxelbase.networks.blocks import LEAKY_SLOPE, NORM_EPS
+from voxelbase.networks.nnunet import NETWORK_CLASSES
+from voxelbase.plan import ANISOTROPY_THRESHOLD, Architecture, ConfigurationPlan
+from voxelbase.project import Project
+from voxelbase.spec import mirror_axes_for
 
 TRAINER = "nnUNetTrainer"
 # preset -> (plans_name, experiment_planner_used), as nnU-Net's planners name them

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.inference.bundle_project import ImportResult, check_new_experiment, install_experiment
-from engine.inference.nnunet_model import NnunetImportError, read_nnunet_model
-from engine.project import Project
-from engine.spec import spec_from_dict
-from engine.store.layout import unsafe_name
+from voxelbase.inference.bundle_project import ImportResult, check_new_experiment, install_experiment
+from voxelbase.inference.nnunet_model import NnunetImportError, read_nnunet_model
+from voxelbase.project import Project
+from voxelbase.spec import spec_from_dict
+from voxelbase.store.layout import unsafe_name
 
 
 def import_nnunet(

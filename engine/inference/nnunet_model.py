@@ -30,10 +30,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from engine.inference.inputs import PredictionError
-from engine.networks import network_for_plan
-from engine.networks.nnunet import NnunetArchitectureError, load_nnunet_weights, nnunet_architecture
-from engine.plan import ANISOTROPY_THRESHOLD, ConfigurationPlan, PlanFormatError
+from voxelbase.inference.inputs import PredictionError
+from voxelbase.networks import network_for_plan
+from voxelbase.networks.nnunet import NnunetArchitectureError, load_nnunet_weights, nnunet_architecture
+from voxelbase.plan import ANISOTROPY_THRESHOLD, ConfigurationPlan, PlanFormatError
 
 NNUNET_CHECKPOINT = "checkpoint_final.pth"
 MODEL_FOLDER = re.compile(r"^(?P<trainer>[^/]+?)__(?P<plans>[^/]+?)__(?P<configuration>[^/_][^/]*)$")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from engine.inference.gaussian import compute_steps
-from engine.inference.sliding_window import _pad_to_patch
+from voxelbase.inference.gaussian import compute_steps
+from voxelbase.inference.sliding_window import _pad_to_patch
 
 VALUE_SCALING = 10.0
 

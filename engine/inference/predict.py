@@ -12,7 +12,7 @@ case: its image, the network outputs at plan spacing and (for ensembles or saved
 stack at the original size; a plain prediction keeps only a running maximum per voxel while reverting.
 
 A model imported from nnU-Net (`voxelbase import-nnunet`) is predicted with nnU-Net's own arithmetic instead
-(`engine.inference.nnunet_window`: float16 sliding window, folds' logits averaged, logits resampled back, then the
+(`voxelbase.inference.nnunet_window`: float16 sliding window, folds' logits averaged, logits resampled back, then the
 softmax), so it writes what `nnUNetv2_predict` writes.
 
 Files are written under a temporary name and renamed, segmentation last, so an interrupted or failed case never
@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engine.catalog import connect
-from engine.catalog.datasets import channel_names, training_spacing_range
-from engine.images import TWO_D_SPACING, Geometry, write_probabilities, write_segmentation
-from engine.inference.bundle import load_bundle_models
-from engine.inference.inputs import (
+from voxelbase.catalog import connect
+from voxelbase.catalog.datasets import channel_names, training_spacing_range
+from voxelbase.images import TWO_D_SPACING, Geometry, write_probabilities, write_segmentation
+from voxelbase.inference.bundle import load_bundle_models
+from voxelbase.inference.inputs import (
     InputCase,
     PredictionError,
     PredictionWarning,
@@ -42,12 +42,12 @@ from engine.inference.inputs import (
     list_input_cases,
     read_input_case,
 )
-from engine.inference.models import ConfigurationModels, PredictionModels, load_models
-from engine.inference.probabilities import predict_probabilities, predicts_logits, revert_logits
-from engine.preprocessing import preprocess_case
-from engine.project import Project
-from engine.spec import ExperimentSpec
-from engine.volumes import (
+from voxelbase.inference.models import ConfigurationModels, PredictionModels, load_models
+from voxelbase.inference.probabilities import predict_probabilities, predicts_logits, revert_logits
+from voxelbase.preprocessing import preprocess_case
+from voxelbase.project import Project
+from voxelbase.spec import ExperimentSpec
+from voxelbase.volumes import (
     apply_postprocessing,
     argmax_segmentation,
     mean_probabilities,

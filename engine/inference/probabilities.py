@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from engine.inference.nnunet_window import nnunet_fold_logits
-from engine.inference.sliding_window import predict_logits
-from engine.plan import ConfigurationPlan
-from engine.spec import ExperimentSpec, mirror_axes_for
-from engine.volumes.revert import resample_class_back
+from voxelbase.inference.nnunet_window import nnunet_fold_logits
+from voxelbase.inference.sliding_window import predict_logits
+from voxelbase.plan import ConfigurationPlan
+from voxelbase.spec import ExperimentSpec, mirror_axes_for
+from voxelbase.volumes.revert import resample_class_back
 
 
 def predicts_logits(plan: ConfigurationPlan) -> bool:

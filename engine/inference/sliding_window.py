@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from engine.inference.gaussian import compute_steps, gaussian_importance_map
+from voxelbase.inference.gaussian import compute_steps, gaussian_importance_map
 
 DEFAULT_MIRROR_AXES = (0, 1, 2)
 

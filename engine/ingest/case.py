@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.images import Geometry, ImageFileError, file_hash, read_channels, read_label
-from engine.ingest.errors import IngestError
-from engine.ingest.layouts import CaseSource
-from engine.store.layout import spatial_chunks, write_case
-from engine.store.ome import CaseGeometry
+from voxelbase.images import Geometry, ImageFileError, file_hash, read_channels, read_label
+from voxelbase.ingest.errors import IngestError
+from voxelbase.ingest.layouts import CaseSource
+from voxelbase.store.layout import spatial_chunks, write_case
+from voxelbase.store.ome import CaseGeometry
 
 SAMPLES_PER_CASE = 10_000  # foreground intensity samples per case and channel, drawn with replacement
 SAMPLE_SEED = 1234

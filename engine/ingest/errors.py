@@ -1,6 +1,6 @@
 """Ingest errors: each names the file and the problem."""
 
-from engine.errors import VoxelbaseError
+from voxelbase.errors import VoxelbaseError
 
 
 class IngestError(VoxelbaseError, RuntimeError):

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.catalog.datasets import LabelRow, has_region_labels, ignore_label_of
-from engine.ingest.errors import IngestError
-from engine.store.layout import unsafe_name
+from voxelbase.catalog.datasets import LabelRow, has_region_labels, ignore_label_of
+from voxelbase.ingest.errors import IngestError
+from voxelbase.store.layout import unsafe_name
 
 NNUNET_REQUIRED = ("channel_names", "labels", "numTraining", "file_ending")
 MSD_REQUIRED = ("modality", "labels", "training")

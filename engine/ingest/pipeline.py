@@ -19,16 +19,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine.catalog import connect, transaction
-from engine.catalog.datasets import DatasetRows, dataset_content_hash, replace_dataset
-from engine.images import file_hash
-from engine.ingest.case import CaseRecord, ingest_case
-from engine.ingest.errors import IngestError
-from engine.ingest.layouts import DatasetSource, check_case_id, discover
-from engine.parallel import completed, worker_count
-from engine.project import Project
-from engine.store.layout import RAW_STAGE, dataset_dir
-from engine.store.ome import ensure_hierarchy
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.datasets import DatasetRows, dataset_content_hash, replace_dataset
+from voxelbase.images import file_hash
+from voxelbase.ingest.case import CaseRecord, ingest_case
+from voxelbase.ingest.errors import IngestError
+from voxelbase.ingest.layouts import DatasetSource, check_case_id, discover
+from voxelbase.parallel import completed, worker_count
+from voxelbase.project import Project
+from voxelbase.store.layout import RAW_STAGE, dataset_dir
+from voxelbase.store.ome import ensure_hierarchy
 
 HASH_MARKER = ".content_hash"
 

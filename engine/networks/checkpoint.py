@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from engine.errors import VoxelbaseError
+from voxelbase.errors import VoxelbaseError
 
 CHECKPOINT_VERSION = 1
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from engine.networks.blocks import LEAKY_SLOPE, NORM_EPS
+from voxelbase.networks.blocks import LEAKY_SLOPE, NORM_EPS
 
 NETWORK_CLASSES = {
     "dynamic_network_architectures.architectures.unet.PlainConvUNet": "plain_unet",

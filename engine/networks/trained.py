@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from engine.networks.checkpoint import load_checkpoint
-from engine.networks.unet import UNet, build_network
-from engine.plan import ConfigurationPlan
+from voxelbase.networks.checkpoint import load_checkpoint
+from voxelbase.networks.unet import UNet, build_network
+from voxelbase.plan import ConfigurationPlan
 
 
 def network_for_plan(plan: ConfigurationPlan, *, deep_supervision: bool) -> UNet:

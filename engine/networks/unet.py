@@ -1,7 +1,7 @@
 """The U-Nets a plan describes: nnU-Net's plain convolutional U-Net and its residual-encoder U-Net (ResEnc).
 
 `build_network(architecture, in_channels=..., num_classes=...)` builds one from an architecture mapping;
-`engine.networks.trained.network_for_plan` is what the loop and the predictor call. The topology comes entirely
+`voxelbase.networks.trained.network_for_plan` is what the loop and the predictor call. The topology comes entirely
 from the architecture; nothing here is dataset specific. For a given plan the network has exactly nnU-Net's parameter count (tests/test_network.py pins the numbers).
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from engine.networks.blocks import (
+from voxelbase.networks.blocks import (
     conv_class,
     initialize_he,
     stacked_convs,

@@ -17,9 +17,9 @@ from typing import Any
 
 import duckdb
 
-from engine.catalog import connect, transaction
-from engine.catalog.datasets import dataset_content_hash, labelled_case_ids
-from engine.catalog.plans import (
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.datasets import dataset_content_hash, labelled_case_ids
+from voxelbase.catalog.plans import (
     configuration_plan,
     dataset_splits,
     has_splits,
@@ -28,12 +28,12 @@ from engine.catalog.plans import (
     replace_plans,
     write_splits,
 )
-from engine.plan import ConfigurationPlan, Plan
-from engine.planning.fingerprint import load_fingerprint
-from engine.planning.presets import PlanningError, get_preset, plan_name
-from engine.planning.rules import plan_experiment
-from engine.planning.splits import N_FOLDS, default_splits
-from engine.project import Project
+from voxelbase.plan import ConfigurationPlan, Plan
+from voxelbase.planning.fingerprint import load_fingerprint
+from voxelbase.planning.presets import PlanningError, get_preset, plan_name
+from voxelbase.planning.rules import plan_experiment
+from voxelbase.planning.splits import N_FOLDS, default_splits
+from voxelbase.project import Project
 
 CONFIGURATION_ORDER = ("2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres")
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import duckdb
 
-from engine.catalog.datasets import dataset_names, fingerprint_rows
-from engine.planning.presets import PlanningError
+from voxelbase.catalog.datasets import dataset_names, fingerprint_rows
+from voxelbase.planning.presets import PlanningError
 
 
 def load_fingerprint(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, Any]:

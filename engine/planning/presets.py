@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.errors import VoxelbaseError
+from voxelbase.errors import VoxelbaseError
 
 
 class PlanningError(VoxelbaseError, ValueError):

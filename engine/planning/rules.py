@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.plan import ANISOTROPY_THRESHOLD, DEFAULT_RESAMPLING
-from engine.planning.presets import PlanningError, Preset, get_preset
-from engine.planning.topology import (
+from voxelbase.plan import ANISOTROPY_THRESHOLD, DEFAULT_RESAMPLING
+from voxelbase.planning.presets import PlanningError, Preset, get_preset
+from voxelbase.planning.topology import (
     MIN_FEATURE_MAP_EDGE,
     feature_map_elements,
     features_per_stage,

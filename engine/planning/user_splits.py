@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.catalog import connect, transaction
-from engine.catalog.datasets import case_splits, dataset_content_hash
-from engine.catalog.plans import dataset_splits, write_splits
-from engine.planning.api import missing_splits_message
-from engine.planning.presets import PlanningError
-from engine.planning.splits import SPLIT_SEED, default_splits
-from engine.project import Project
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.datasets import case_splits, dataset_content_hash
+from voxelbase.catalog.plans import dataset_splits, write_splits
+from voxelbase.planning.api import missing_splits_message
+from voxelbase.planning.presets import PlanningError
+from voxelbase.planning.splits import SPLIT_SEED, default_splits
+from voxelbase.project import Project
 
 ROLES = ("train", "val")
 MAX_PROBLEMS = 8  # listed in one error; a file from another dataset would otherwise list every case

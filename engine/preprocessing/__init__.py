@@ -1,7 +1,7 @@
-"""Preprocessing stage: crop to nonzero, normalize, resample to the plan's spacing (undoing it is `engine.volumes`)."""
+"""Preprocessing stage: crop to nonzero, normalize, resample to the plan's spacing (undoing it is `voxelbase.volumes`)."""
 
-from engine.preprocessing.case import preprocess_case
-from engine.preprocessing.records import PREPROCESSING_VERSION
+from voxelbase.preprocessing.case import preprocess_case
+from voxelbase.preprocessing.records import PREPROCESSING_VERSION
 
 CODE_VERSION = PREPROCESSING_VERSION  # bump (in records) when preprocessed numbers change: stored cases are redone
 

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.plan import ConfigurationPlan
-from engine.preprocessing.class_locations import sample_class_locations
-from engine.preprocessing.crop import crop_to_nonzero
-from engine.preprocessing.normalize import normalize
-from engine.volumes.resample import compute_new_shape, resample_image, resample_label
+from voxelbase.plan import ConfigurationPlan
+from voxelbase.preprocessing.class_locations import sample_class_locations
+from voxelbase.preprocessing.crop import crop_to_nonzero
+from voxelbase.preprocessing.normalize import normalize
+from voxelbase.volumes.resample import compute_new_shape, resample_image, resample_label
 
 
 def preprocess_case(

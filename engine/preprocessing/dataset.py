@@ -20,20 +20,20 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from engine.catalog import transaction
-from engine.catalog.preprocessed import write_preprocessed_case
-from engine.parallel import completed, worker_count
-from engine.plan import ConfigurationPlan
-from engine.preprocessing.case import preprocess_case
-from engine.preprocessing.records import (
+from voxelbase.catalog import transaction
+from voxelbase.catalog.preprocessed import write_preprocessed_case
+from voxelbase.parallel import completed, worker_count
+from voxelbase.plan import ConfigurationPlan
+from voxelbase.preprocessing.case import preprocess_case
+from voxelbase.preprocessing.records import (
     PreprocessingError,
     PreprocessingInputs,
     input_hash,
     plan_hash,
     read_inputs,
 )
-from engine.project import Project
-from engine.store.layout import (
+from voxelbase.project import Project
+from voxelbase.store.layout import (
     case_dir,
     patch_chunks,
     read_case,
@@ -43,7 +43,7 @@ from engine.store.layout import (
     write_array,
     write_stage_groups,
 )
-from engine.store.ome import read_case_geometry, write_case_group
+from voxelbase.store.ome import read_case_geometry, write_case_group
 
 PARTIAL = ".partial-"
 HASH_FILE = ".input_hash"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.plan import Normalization
+from voxelbase.plan import Normalization
 
 SCHEMES = ("ct", "zscore", "noscale", "rescale_to_0_1")
 _EPS = 1e-8

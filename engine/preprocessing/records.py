@@ -6,13 +6,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from engine.catalog import connect
-from engine.catalog.datasets import training_cases
-from engine.catalog.preprocessed import preprocessed_input_hashes
-from engine.errors import VoxelbaseError
-from engine.plan import ConfigurationPlan
-from engine.planning import PlanningError, load_plan
-from engine.project import Project
+from voxelbase.catalog import connect
+from voxelbase.catalog.datasets import training_cases
+from voxelbase.catalog.preprocessed import preprocessed_input_hashes
+from voxelbase.errors import VoxelbaseError
+from voxelbase.plan import ConfigurationPlan
+from voxelbase.planning import PlanningError, load_plan
+from voxelbase.project import Project
 
 # Bump when the preprocessing numbers change, so that stored cases are redone.
 PREPROCESSING_VERSION = "1"

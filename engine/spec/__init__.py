@@ -1,7 +1,7 @@
 """spec stage: declarative experiment specs (TOML, validated by schema/experiment.schema.json)."""
 
-from engine.spec.augment import AugmentConfig, mirror_axes_for
-from engine.spec.load import (
+from voxelbase.spec.augment import AugmentConfig, mirror_axes_for
+from voxelbase.spec.load import (
     SpecError,
     apply_overrides,
     experiment_schema,
@@ -10,7 +10,7 @@ from engine.spec.load import (
     parse_spec,
     spec_from_dict,
 )
-from engine.spec.model import (
+from voxelbase.spec.model import (
     EvaluateSpec,
     ExperimentSpec,
     IngestSpec,

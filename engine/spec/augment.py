@@ -1,7 +1,7 @@
 """The `[augment]` spec section: every probability and range of nnU-Net's training augmentation.
 
 A spec section like the others, so it lives with the spec; drawing and applying the augmentation are training's
-(`engine.training.augment_params`, `engine.training.augment_apply`). Test-time mirroring reads `mirror_axes` too.
+(`voxelbase.training.augment_params`, `voxelbase.training.augment_apply`). Test-time mirroring reads `mirror_axes` too.
 """
 
 from __future__ import annotations

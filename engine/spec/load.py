@@ -17,14 +17,15 @@ from pathlib import Path
 
 import jsonschema
 
-from engine.errors import VoxelbaseError
+from voxelbase.errors import VoxelbaseError
+from voxelbase.resources import schema_dir
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from engine.spec.model import SECTIONS, ExperimentSpec
+from voxelbase.spec.model import SECTIONS, ExperimentSpec
 
 SCHEMA_FILE = "experiment.schema.json"
 
@@ -40,7 +41,7 @@ class SpecError(VoxelbaseError, ValueError):
 
 
 def _schema_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "schema" / SCHEMA_FILE
+    return schema_dir() / SCHEMA_FILE
 
 
 @lru_cache(maxsize=1)

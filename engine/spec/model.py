@@ -1,6 +1,6 @@
 """The experiment spec as frozen, typed objects.
 
-A spec file parses once (see `engine.spec.load`) into an `ExperimentSpec`; no raw dicts travel further. Every
+A spec file parses once (see `voxelbase.spec.load`) into an `ExperimentSpec`; no raw dicts travel further. Every
 default here is nnU-Net v2's (trainer, inference and evaluation), and `schema/experiment.schema.json` repeats them
 for readers of the schema (a test keeps the two equal). Training variants are data: `epochs = 250` in the spec,
 never a trainer subclass.
@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from engine.spec.augment import AugmentConfig
+from voxelbase.spec.augment import AugmentConfig
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The Zarr v3 store: case layout, chunking, compression and reads; group nodes and OME-Zarr metadata (`ome`)."""
 
-from engine.store.layout import (
+from voxelbase.store.layout import (
     case_dir,
     dataset_dir,
     open_case_arrays,
@@ -12,7 +12,7 @@ from engine.store.layout import (
     write_case,
     write_stage_groups,
 )
-from engine.store.ome import CaseGeometry, upgrade_store
+from voxelbase.store.ome import CaseGeometry, upgrade_store
 
 __all__ = [
     "CaseGeometry",

@@ -2,7 +2,7 @@
 
 Layout: `store/<dataset>/raw/<case>/{image,label}` as ingested and
 `store/<dataset>/<plan>/<configuration>/<case>/{image,label}` preprocessed; every folder down to each case is a
-Zarr group and each case carries OME-Zarr 0.5 geometry (`engine.store.ome`). Arrays are Blosc-compressed
+Zarr group and each case carries OME-Zarr 0.5 geometry (`voxelbase.store.ome`). Arrays are Blosc-compressed
 (zstd, byte shuffle) through Zarr's own codecs; chunks are sized so that a training patch touches few chunks.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from engine.project import Project
-from engine.store.ome import CaseGeometry, dimension_names, ensure_hierarchy, write_case_group
+from voxelbase.project import Project
+from voxelbase.store.ome import CaseGeometry, dimension_names, ensure_hierarchy, write_case_group
 
 RAW_STAGE = "raw"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # case ids and dataset names become folder names
@@ -71,7 +71,7 @@ def patch_chunks(shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, 
 
 def write_array(path: Path, data: np.ndarray, *, chunks: Sequence[int], cname: str = "zstd") -> zarr.Array:
     """Write one array as a Zarr v3 array at `path` (overwriting), its axes named (c, z, y, x) or (z, y, x) as
-    OME-Zarr wants (see `engine.store.ome`)."""
+    OME-Zarr wants (see `voxelbase.store.ome`)."""
     array = zarr.create_array(
         store=str(path),
         shape=data.shape,
@@ -95,7 +95,7 @@ def write_case(
     geometry: CaseGeometry | None = None,
 ) -> None:
     """Write `image` (C, Z, Y, X) and `label` (Z, Y, X) of one case into `directory`, a Zarr group that records
-    `geometry` as OME-Zarr metadata (see `engine.store.ome`)."""
+    `geometry` as OME-Zarr metadata (see `voxelbase.store.ome`)."""
     directory.mkdir(parents=True, exist_ok=True)
     write_array(directory / "image", image, chunks=(1, *spatial_chunk_shape))
     if label is not None:

@@ -14,8 +14,8 @@ Typical use in a training step::
                                       num_classes=k)
 """
 
-from engine.training.augment_apply import affine_matrices, apply_augmentation
-from engine.training.augment_params import (
+from voxelbase.training.augment_apply import affine_matrices, apply_augmentation
+from voxelbase.training.augment_params import (
     AugmentConfig,
     AugmentParams,
     draw_params,

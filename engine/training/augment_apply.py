@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from engine.training.augment_params import AugmentParams
+from voxelbase.training.augment_params import AugmentParams
 
 
 def apply_augmentation(

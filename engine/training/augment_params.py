@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from engine.spec.augment import AugmentConfig, Range, mirror_axes_for
+from voxelbase.spec.augment import AugmentConfig, Range, mirror_axes_for
 
 
 def use_dummy_2d(patch_size: Sequence[int], config: AugmentConfig) -> bool:

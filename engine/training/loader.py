@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.project import Project
-from engine.training.augment import AugmentConfig, AugmentParams, apply_augmentation, draw_params
-from engine.training.patches import CaseArrays, CaseEntry, read_patch, sample_batch
+from voxelbase.project import Project
+from voxelbase.training.augment import AugmentConfig, AugmentParams, apply_augmentation, draw_params
+from voxelbase.training.patches import CaseArrays, CaseEntry, read_patch, sample_batch
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from engine.catalog import connect
-from engine.catalog.preprocessed import class_locations, preprocessed_shapes
-from engine.project import Project
-from engine.store.layout import case_dir
+from voxelbase.catalog import connect
+from voxelbase.catalog.preprocessed import class_locations, preprocessed_shapes
+from voxelbase.project import Project
+from voxelbase.store.layout import case_dir
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Training's writes to the catalog: experiments, runs and per-epoch rows, each in a short transaction.
 
 Short transactions keep the catalog free for other processes (a `voxelbase sql` while training runs). The SQL is
-in `engine.catalog.runs`; what is decided here is when a 'running' run counts as dead.
+in `voxelbase.catalog.runs`; what is decided here is when a 'running' run counts as dead.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import dataclasses
 import os
 import socket
 
-from engine.catalog import runs, transaction
-from engine.project import Project
+from voxelbase.catalog import runs, transaction
+from voxelbase.project import Project
 
 TrainingRun = runs.TrainingRun
 
@@ -49,7 +49,7 @@ def latest_run(project: Project, *, experiment: str, configuration: str, fold: s
 
 
 def start_run(project: Project, **values) -> int:
-    """A new 'running' run (keywords of `engine.catalog.runs.start_training_run`); returns its id."""
+    """A new 'running' run (keywords of `voxelbase.catalog.runs.start_training_run`); returns its id."""
     with transaction(project) as con:
         return runs.start_training_run(con, **values)
 

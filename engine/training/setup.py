@@ -9,17 +9,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from engine.errors import VoxelbaseError
-from engine.parallel import worker_count
-from engine.plan import ConfigurationPlan
-from engine.planning import PlanningError, fold_case_ids, load_plan
-from engine.project import Project
-from engine.spec import AugmentConfig, ExperimentSpec
-from engine.spec.model import section_dict
-from engine.store import stage_name
-from engine.training.augment import initial_patch_size, use_dummy_2d
-from engine.training.loader import StreamSettings
-from engine.training.patches import CaseEntry, load_cases
+from voxelbase.errors import VoxelbaseError
+from voxelbase.parallel import worker_count
+from voxelbase.plan import ConfigurationPlan
+from voxelbase.planning import PlanningError, fold_case_ids, load_plan
+from voxelbase.project import Project
+from voxelbase.spec import AugmentConfig, ExperimentSpec
+from voxelbase.spec.model import section_dict
+from voxelbase.store import stage_name
+from voxelbase.training.augment import initial_patch_size, use_dummy_2d
+from voxelbase.training.loader import StreamSettings
+from voxelbase.training.patches import CaseEntry, load_cases
 
 # Train settings that choose what to run or where, not what is learned: they never invalidate a trained fold.
 RUN_ONLY_KEYS = frozenset(

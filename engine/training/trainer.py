@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.device import autocast_dtype, resolve_device
-from engine.networks import load_checkpoint, network_for_plan, save_checkpoint
-from engine.project import Project
-from engine.spec import ExperimentSpec
-from engine.training import records
-from engine.training.loader import PatchStream, augment_batch
-from engine.training.loss import DiceCELoss, deep_supervision_scales
-from engine.training.optim import build_optimizer, poly_lr, set_lr
-from engine.training.plot import plot_progress
-from engine.training.setup import FoldSetup, TrainingError, default_workers, prepare_fold, training_hash
+from voxelbase.device import autocast_dtype, resolve_device
+from voxelbase.networks import load_checkpoint, network_for_plan, save_checkpoint
+from voxelbase.project import Project
+from voxelbase.spec import ExperimentSpec
+from voxelbase.training import records
+from voxelbase.training.loader import PatchStream, augment_batch
+from voxelbase.training.loss import DiceCELoss, deep_supervision_scales
+from voxelbase.training.optim import build_optimizer, poly_lr, set_lr
+from voxelbase.training.plot import plot_progress
+from voxelbase.training.setup import FoldSetup, TrainingError, default_workers, prepare_fold, training_hash
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def train_fold(
     resume: bool = False,
 ) -> FoldResult:
     """Train (or resume, or extend) one fold of one configuration. End-of-fold validation is evaluation's
-    (`engine.evaluation.validation.validate_fold`); `engine.workflow.train` runs one after the other."""
+    (`voxelbase.evaluation.validation.validate_fold`); `voxelbase.workflow.train` runs one after the other."""
     setup = prepare_fold(project, spec, configuration=configuration, fold=fold)
     # the plan it trains on, named: the same fold trained through `train` or `run` has the same key
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, plan=setup.plan_name))

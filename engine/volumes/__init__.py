@@ -1,8 +1,8 @@
 """Volumes below every stage: resampling (to plan spacing and back), probabilities to segmentations, components."""
 
-from engine.volumes.combine import argmax_segmentation, mean_probabilities
-from engine.volumes.components import apply_postprocessing, keep_largest_component, largest_component_mask
-from engine.volumes.revert import probabilities_to_segmentation, revert_probabilities, revert_segmentation
+from voxelbase.volumes.combine import argmax_segmentation, mean_probabilities
+from voxelbase.volumes.components import apply_postprocessing, keep_largest_component, largest_component_mask
+from voxelbase.volumes.revert import probabilities_to_segmentation, revert_probabilities, revert_segmentation
 
 __all__ = [
     "apply_postprocessing",

@@ -1,6 +1,6 @@
 """Connected components of label maps: nnU-Net's keep-the-largest-component postprocessing, applied.
 
-Deciding whether it helps is evaluation's business (`engine.evaluation.postprocessing`); applying a decision is
+Deciding whether it helps is evaluation's business (`voxelbase.evaluation.postprocessing`); applying a decision is
 shared by prediction and ensembling, so it lives here, below both.
 """
 

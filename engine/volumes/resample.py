@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import spline_filter1d
 
-from engine.plan import ANISOTROPY_THRESHOLD  # one threshold for the planner and the resampler
+from voxelbase.plan import ANISOTROPY_THRESHOLD  # one threshold for the planner and the resampler
 
 # scipy pre-pads this many edge voxels before spline filtering in mode "nearest" (scipy.ndimage._prepad_for_spline_filter)
 _SPLINE_PAD = 12

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.plan import ConfigurationPlan
-from engine.volumes.combine import label_dtype
-from engine.volumes.resample import resample_image, resample_label
+from voxelbase.plan import ConfigurationPlan
+from voxelbase.volumes.combine import label_dtype
+from voxelbase.volumes.resample import resample_image, resample_label
 
 
 def _box(properties: dict) -> tuple[slice, slice, slice]:

@@ -1,5 +1,5 @@
 """The declarative `run`: an experiment spec as a chain of steps, each done only when its key changed."""
 
-from engine.workflow.run import RunReport, run_experiment
+from voxelbase.workflow.run import RunReport, run_experiment
 
 __all__ = ["RunReport", "run_experiment"]

@@ -15,14 +15,14 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import engine
-from engine.catalog import connect
-from engine.catalog.datasets import dataset_content_hash, labelled_cases_fingerprint
-from engine.catalog.plans import plan_fingerprint, splits_fingerprint
-from engine.catalog.preprocessed import preprocessed_fingerprint
-from engine.catalog.steps import step_keys
-from engine.project import Project
-from engine.spec import ExperimentSpec
+import voxelbase
+from voxelbase.catalog import connect
+from voxelbase.catalog.datasets import dataset_content_hash, labelled_cases_fingerprint
+from voxelbase.catalog.plans import plan_fingerprint, splits_fingerprint
+from voxelbase.catalog.preprocessed import preprocessed_fingerprint
+from voxelbase.catalog.steps import step_keys
+from voxelbase.project import Project
+from voxelbase.spec import ExperimentSpec
 
 
 def digest(value) -> str:
@@ -32,8 +32,8 @@ def digest(value) -> str:
 def code_hash(stages: tuple[str, ...]) -> str:
     """The package version and the `CODE_VERSION` of each stage that performs a step: bumping one stage's
     version redoes its steps only (source-file hashes would retrain five folds for an edited comment)."""
-    versions = {stage: importlib.import_module(f"engine.{stage}").CODE_VERSION for stage in stages}
-    return digest({"version": engine.__version__, "stages": versions})
+    versions = {stage: importlib.import_module(f"voxelbase.{stage}").CODE_VERSION for stage in stages}
+    return digest({"version": voxelbase.__version__, "stages": versions})
 
 
 def source_fingerprint(folder: Path) -> str:

@@ -1,7 +1,7 @@
 """`voxelbase run SPEC`: the whole declared experiment, doing only the steps whose key changed.
 
 The order, each step's key and each dry-run reason are derived here from the steps' declarations
-(`engine.workflow.steps`): a step runs after the steps it names in `after`, and in a dry run a step whose
+(`voxelbase.workflow.steps`): a step runs after the steps it names in `after`, and in a dry run a step whose
 upstream would run is reported as "would run after ..." since its inputs are not known yet.
 """
 
@@ -11,12 +11,12 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from engine.catalog import connect, transaction
-from engine.catalog.steps import record_step, recorded_steps
-from engine.project import Project
-from engine.spec import ExperimentSpec, load_spec
-from engine.workflow import keys
-from engine.workflow.steps import Step, declare_steps, pinned
+from voxelbase.catalog import connect, transaction
+from voxelbase.catalog.steps import record_step, recorded_steps
+from voxelbase.project import Project
+from voxelbase.spec import ExperimentSpec, load_spec
+from voxelbase.workflow import keys
+from voxelbase.workflow.steps import Step, declare_steps, pinned
 
 
 @dataclass

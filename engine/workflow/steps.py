@@ -6,8 +6,8 @@ ingest -> plan -> preprocess:<c> -> train:<c>:<f> -> validate:<c>:<f> -> score:<
 A step states the settings it depends on (a function of the spec, owned by the stage that does the work, so the
 stage records with its results exactly what `run` decides on), the steps whose results it uses (`after`), the data
 it reads (catalog fingerprints, read when the step is considered, after the steps before it ran: a re-ingest that
-changes nothing downstream re-runs nothing downstream) and the stages that perform it. `engine.workflow.keys`
-turns that into the step's key and `engine.workflow.run` into the order and the dry-run reasons.
+changes nothing downstream re-runs nothing downstream) and the stages that perform it. `voxelbase.workflow.keys`
+turns that into the step's key and `voxelbase.workflow.run` into the order and the dry-run reasons.
 """
 
 from __future__ import annotations
@@ -18,25 +18,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.device import resolve_device
-from engine.evaluation import postprocessing, selection
-from engine.evaluation.ensemble import ensemble_cross_validation
-from engine.evaluation.validation import (
+from voxelbase.device import resolve_device
+from voxelbase.evaluation import postprocessing, selection
+from voxelbase.evaluation.ensemble import ensemble_cross_validation
+from voxelbase.evaluation.validation import (
     ensure_predicted,
     ensure_scored,
     prediction_settings,
     scoring_settings,
     trained_run_id,
 )
-from engine.ingest import ingest_dataset
-from engine.planning import plan_dataset
-from engine.planning.presets import get_preset, plan_name
-from engine.preprocessing.dataset import preprocess_dataset
-from engine.project import Project
-from engine.spec import ExperimentSpec
-from engine.spec.model import section_dict
-from engine.training.setup import training_settings
-from engine.training.trainer import train_fold
+from voxelbase.ingest import ingest_dataset
+from voxelbase.planning import plan_dataset
+from voxelbase.planning.presets import get_preset, plan_name
+from voxelbase.preprocessing.dataset import preprocess_dataset
+from voxelbase.project import Project
+from voxelbase.spec import ExperimentSpec
+from voxelbase.spec.model import section_dict
+from voxelbase.training.setup import training_settings
+from voxelbase.training.trainer import train_fold
 
 
 def _nothing(spec: ExperimentSpec) -> None:

@@ -9,11 +9,11 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator
 
-from engine.device import resolve_device
-from engine.evaluation.validation import validate_fold
-from engine.project import Project
-from engine.spec import ExperimentSpec, load_spec
-from engine.training.trainer import FoldResult, train_fold
+from voxelbase.device import resolve_device
+from voxelbase.evaluation.validation import validate_fold
+from voxelbase.project import Project
+from voxelbase.spec import ExperimentSpec, load_spec
+from voxelbase.training.trainer import FoldResult, train_fold
 
 
 def requested_folds(spec: ExperimentSpec, fold: str | None) -> list[str]:
