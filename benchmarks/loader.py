@@ -161,7 +161,9 @@ def measure(args: dict) -> None:
     project = Project.resolve(args["project"])
     plan = load_plan(project, "synth", configuration="3d_fullres")
     stage = stage_name(plan.plan, "3d_fullres")
-    ids = sorted(p.name for p in (project.store_path / "synth" / stage).iterdir() if not p.name.startswith("."))
+    ids = sorted(
+        p.name for p in (project.store_path / "synth" / stage).iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     cases = load_cases(project, "synth", plan=plan.plan, configuration="3d_fullres", case_ids=ids)
     patch = tuple(plan.patch_size)
     augment = args["mode"] != "read"
