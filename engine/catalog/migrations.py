@@ -13,7 +13,12 @@ from pathlib import Path
 import duckdb
 
 from voxelbase.catalog.atomic import atomic
+from voxelbase.catalog.datasets import case_geometries
+from voxelbase.catalog.preprocessed import case_properties
+from voxelbase.project import Project
 from voxelbase.resources import schema_dir
+from voxelbase.store.layout import RAW_STAGE
+from voxelbase.store.ome import CaseGeometry, upgrade_store
 
 _MIGRATION = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
@@ -31,12 +36,6 @@ def upgrade_store_from_catalog(con: duckdb.DuckDBPyConnection, store_root: Path 
     """Add the Zarr group nodes and OME-Zarr geometry an existing store lacks, from the catalog's geometry (raw cases
     from `cases`, preprocessed ones from it and their crop box and spacing in `preprocessed_cases`); no chunk is
     rewritten. The store is the catalog file's project's unless `store_root` is given. Returns the cases visited."""
-    from voxelbase.catalog.datasets import case_geometries
-    from voxelbase.catalog.preprocessed import case_properties
-    from voxelbase.project import Project
-    from voxelbase.store.layout import RAW_STAGE
-    from voxelbase.store.ome import CaseGeometry, upgrade_store
-
     if store_root is None:
         row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
         if not row or not row[0]:  # an in-memory catalog has no store
