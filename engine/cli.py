@@ -186,11 +186,52 @@ def preprocess(ctx: click.Context, name: str, configuration: str, plan_name: str
 @click.option("--test-cases", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--shape", type=int, nargs=3, default=(32, 64, 64), show_default=True, help="z y x voxels (jittered).")
-def demo_data(out: Path, cases: int, test_cases: int, seed: int, shape: tuple[int, int, int]) -> None:
-    """Write a small synthetic CT dataset in nnU-Net raw layout."""
-    from voxelbase.ingest.demo import write_demo_dataset
+@click.option(
+    "--kind",
+    type=click.Choice(["ct", "ct-quick", "brats"]),
+    default="ct",
+    show_default=True,
+    help="ct: abdomen CT, plain labels; ct-quick: the same with larger, high-contrast structures that train in "
+    "minutes (make demo); brats: 4-channel MR with nested tumour regions (region labels).",
+)
+@click.option(
+    "--sparse-from",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Instead: write a sparsely annotated copy of this labelled raw dataset (the rest set to an ignore label).",
+)
+@click.option(
+    "--keep-every",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="--sparse-from: 1 slice in N per axis.",
+)
+def demo_data(
+    out: Path,
+    cases: int,
+    test_cases: int,
+    seed: int,
+    shape: tuple[int, int, int],
+    kind: str,
+    sparse_from: Path | None,
+    keep_every: int,
+) -> None:
+    """Write a small synthetic dataset (CT, or BraTS-like regions) or a sparse copy of one, in nnU-Net raw layout."""
+    if sparse_from is not None:
+        from voxelbase.ingest.sparse import write_sparse_copy
 
-    write_demo_dataset(out, cases=cases, test_cases=test_cases, seed=seed, shape=shape)
+        write_sparse_copy(sparse_from, out, every=keep_every)
+        click.echo(f"wrote a sparse copy of {sparse_from} (1 slice in {keep_every} per axis labelled) to {out}")
+        return
+    if kind == "brats":
+        from voxelbase.ingest.demo_brats import write_brats_dataset
+
+        write_brats_dataset(out, cases=cases, test_cases=test_cases, seed=seed, shape=shape)
+    else:
+        from voxelbase.ingest.demo import write_demo_dataset
+
+        write_demo_dataset(out, cases=cases, test_cases=test_cases, seed=seed, shape=shape, kind=kind)
     click.echo(f"wrote {cases} training and {test_cases} test cases to {out}")
 
 

@@ -38,6 +38,13 @@ def _need(data: Mapping, key: str, where: str):
     return data[key]
 
 
+ANNOTATED_KEY = -1  # class locations of every annotated (not ignored) voxel, as nnU-Net's `[-1] + all_labels` key
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _ints(values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
@@ -178,12 +185,14 @@ class ConfigurationPlan:
     transpose_forward: tuple[int, ...]
     vram_estimate_elements: int | None = None
     next_stage: str | None = None
+    regions_class_order: tuple[int, ...] | None = None  # region datasets: the label value each region writes
+    region_names: tuple[str, ...] | None = None  # region datasets: the regions in output order (dataset.json's)
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know, kept for round trips
 
     _KNOWN = (
         "dataset plan configuration preset gpu_memory_gb dataset_hash spacing patch_size batch_size "
         "median_image_size_in_voxels batch_dice n_channels labels num_classes normalization resampling architecture "
-        "previous_stage transpose_forward vram_estimate_elements next_stage"
+        "previous_stage transpose_forward vram_estimate_elements next_stage regions_class_order region_names"
     ).split()
 
     @classmethod
@@ -211,6 +220,10 @@ class ConfigurationPlan:
             transpose_forward=_ints(data.get("transpose_forward", (0, 1, 2))),
             vram_estimate_elements=data.get("vram_estimate_elements"),
             next_stage=data.get("next_stage"),
+            regions_class_order=(
+                _ints(data["regions_class_order"]) if data.get("regions_class_order") is not None else None
+            ),
+            region_names=tuple(str(n) for n in data["region_names"]) if data.get("region_names") else None,
             extra={k: v for k, v in data.items() if k not in cls._KNOWN},
         )
 
@@ -239,12 +252,19 @@ class ConfigurationPlan:
         }
         if self.next_stage is not None:
             out["next_stage"] = self.next_stage
+        if self.regions_class_order is not None:
+            out["regions_class_order"] = list(self.regions_class_order)
+        if self.region_names is not None:
+            out["region_names"] = list(self.region_names)
         out.update(self.extra)
         return out
 
     @property
     def foreground_labels(self) -> list[int]:
-        """The class indices scored as foreground: 1 .. num_classes - 1."""
+        """The class indices scored as foreground: 1 .. num_classes - 1; for regions 1 .. number of regions (the
+        output channel plus one)."""
+        if self.has_regions:
+            return list(range(1, self.num_classes + 1))
         return list(range(1, self.num_classes))
 
     @property
@@ -253,12 +273,53 @@ class ConfigurationPlan:
         return sorted({v for k, v in self.labels.items() if isinstance(v, int) and v != 0 and k != "ignore"})
 
     @property
+    def location_classes(self) -> dict[int, tuple[int, ...]]:
+        """What preprocessing samples class locations for, key -> the label values it covers (nnU-Net's rule):
+        each foreground label (key = its value) or, for regions, each region (key = its output channel + 1); with an
+        ignore label also ANNOTATED_KEY, every voxel that is not ignored (background included), which the loader
+        centres patches on so that they never sit in unannotated space."""
+        classes: dict[int, tuple[int, ...]] = (
+            {index + 1: members for index, (_, members) in enumerate(self.regions)}
+            if self.has_regions
+            else {value: (value,) for value in self.sampled_labels}
+        )
+        ignore = self.ignore_label
+        if ignore is not None:
+            classes[ANNOTATED_KEY] = tuple(v for v in range(self.label_value_count) if v != ignore)
+        return classes
+
+    @property
     def has_regions(self) -> bool:
         return any(isinstance(v, list) for k, v in self.labels.items() if k != "ignore")
 
     @property
     def has_ignore_label(self) -> bool:
         return "ignore" in self.labels
+
+    @property
+    def ignore_label(self) -> int | None:
+        """The ignore label's value: voxels the loss, the sampling and the metrics leave out (nnU-Net's rule)."""
+        value = self.labels.get("ignore")
+        return int(value) if value is not None and not isinstance(value, list) else None
+
+    @property
+    def regions(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, member values) of each region in output-channel order; empty for a plain-label plan.
+
+        As nnU-Net's LabelManager: in a region dataset every foreground entry is a region, a plain value v being
+        the region (v,); background and 'ignore' are not."""
+        if not self.has_regions:
+            return []
+        names = self.region_names or [n for n, v in self.labels.items() if n != "ignore" and v != 0 and v != [0]]
+        return [(name, tuple(int(x) for x in _as_list(self.labels[name]))) for name in names]
+
+    @property
+    def label_value_count(self) -> int:
+        """Highest value a stored label map may hold, plus one (the ignore label and region members included)."""
+        values = [0]
+        for value in self.labels.values():
+            values.extend(value if isinstance(value, list) else [value])
+        return max(int(v) for v in values) + 1
 
     def target_spacing(self, case_spacing) -> tuple[float, ...]:
         """The (z, y, x) spacing a case is resampled to; a 2-D plan keeps the case's own slice spacing along z."""
@@ -270,7 +331,15 @@ class ConfigurationPlan:
     def preprocessing_agrees(self, other: ConfigurationPlan) -> str | None:
         """The first setting that decides preprocessing or the output classes and differs, or None: folds
         averaged together must agree on these."""
-        for name in ("spacing", "normalization", "resampling", "n_channels", "num_classes", "labels"):
+        for name in (
+            "spacing",
+            "normalization",
+            "resampling",
+            "n_channels",
+            "num_classes",
+            "labels",
+            "regions_class_order",
+        ):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
                 return f"{name}: {mine!r} vs {theirs!r}"

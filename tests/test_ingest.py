@@ -130,6 +130,7 @@ def test_msd_layout_four_d_images(tmp_path, project):
 def test_region_and_ignore_labels_are_recorded(tiny_raw, project):
     description = json.loads((tiny_raw / "dataset.json").read_text())
     description["labels"] = {"background": 0, "liver": 1, "tumor": 2, "kidney": 3, "liver_all": [1, 2], "ignore": 4}
+    description["regions_class_order"] = [1, 2, 3, 1]  # regions need it: one value per region
     (tiny_raw / "dataset.json").write_text(json.dumps(description))
     ingest_dataset(tiny_raw, name="demo", project=project, workers=1)
     rows = run_query(
@@ -187,3 +188,26 @@ def test_sql_formats(tiny_raw, project, tmp_path):
     bad = run_cli(project, "sql", "DELETE FROM cases", expect_ok=False)
     assert bad.exit_code != 0 and "read-only" in bad.output
     assert run_query("SELECT count(*) AS n FROM cases", project=project).to_pylist() == [{"n": 5}]
+
+
+def test_quick_demo_kind_has_larger_structures_in_separate_intensity_bands(tmp_path):
+    """`ct-quick` (what `make demo` trains) draws the same cases as `ct` with learnable sizes and contrasts."""
+    ct = write_demo_dataset(tmp_path / "ct", cases=3, test_cases=0, shape=(16, 40, 40))
+    quick = write_demo_dataset(tmp_path / "quick", cases=3, test_cases=0, shape=(16, 40, 40), kind="ct-quick")
+    for index in range(3):
+        name = f"demo_{index:03d}"
+        plain, easy = (sitk.ReadImage(str(root / "labelsTr" / f"{name}.nii.gz")) for root in (ct, quick))
+        assert plain.GetSize() == easy.GetSize() and plain.GetSpacing() == easy.GetSpacing()
+        small, large = sitk.GetArrayFromImage(plain), sitk.GetArrayFromImage(easy)
+        for value in (2, 3):  # tumour and kidneys: a few dozen voxels in `ct`, hundreds in `ct-quick`
+            assert (large == value).sum() >= max(150, 3 * (small == value).sum())
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(quick / "imagesTr" / f"{name}_0000.nii.gz")))
+        medians = {value: float(np.median(image[large == value])) for value in (1, 2, 3)}
+        body = float(np.median(image[(large == 0) & (image > -500)]))
+        assert body + 30 < medians[1] < medians[2] - 40 < medians[3] - 40, (medians, body)  # body, liver, tumour, kidney
+
+
+def test_unknown_demo_kind_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown demo data kind 'mri'; known: ct, ct-quick"):
+        write_demo_dataset(tmp_path / "x", cases=2, test_cases=0, kind="mri")
+    assert not (tmp_path / "x").exists()

@@ -275,6 +275,7 @@ class FingerprintRows:
     intensity: list[tuple]  # (channel, name, mean, std, median, min, max, percentile_00_5, percentile_99_5)
     channel_names: dict[str, str]
     labels: dict[str, Any]  # name -> value, or a region's value list
+    regions_class_order: list[int] | None = None  # region datasets: dataset.json's, one value per region
 
 
 def fingerprint_rows(con: duckdb.DuckDBPyConnection, dataset: str) -> FingerprintRows | None:
@@ -301,13 +302,7 @@ def fingerprint_rows(con: duckdb.DuckDBPyConnection, dataset: str) -> Fingerprin
     channels = con.execute(
         "SELECT channel, name FROM channels WHERE dataset = ? ORDER BY channel", [dataset]
     ).fetchall()
-    labels: dict[str, Any] = {}
-    for name, value, regions in con.execute(
-        "SELECT name, value, region_values FROM labels WHERE dataset = ? "
-        "ORDER BY is_ignore, coalesce(value, list_min(region_values)), name",
-        [dataset],
-    ).fetchall():
-        labels[name] = list(regions) if value is None and regions is not None else value
+    labels, regions_class_order = fingerprint_labels(con, dataset)
     return FingerprintRows(
         content_hash=found[0],
         n_channels=int(found[1]),
@@ -317,7 +312,40 @@ def fingerprint_rows(con: duckdb.DuckDBPyConnection, dataset: str) -> Fingerprin
         intensity=intensity,
         channel_names={str(channel): name for channel, name in channels},
         labels=labels,
+        regions_class_order=regions_class_order,
     )
+
+
+def dataset_regions(con: duckdb.DuckDBPyConnection, dataset: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, member values) of each region of a region dataset, in output order (dataset.json's order; a plain
+    value v is the region (v,)); empty for a dataset of plain labels."""
+    rows = fingerprint_labels(con, dataset)
+    if not any(isinstance(v, list) for v in rows[0].values()):
+        return []
+    return [
+        (name, tuple(int(x) for x in value) if isinstance(value, list) else (int(value),))
+        for name, value in rows[0].items()
+        if name != "ignore" and value != 0
+    ]
+
+
+def fingerprint_labels(con: duckdb.DuckDBPyConnection, dataset: str) -> tuple[dict[str, Any], list[int] | None]:
+    """(name -> value or region value list, regions_class_order): plain labels by value; a region dataset's labels
+    in dataset.json's order (region i is output i and writes regions_class_order[i], later regions win)."""
+    labels: dict[str, Any] = {}
+    for name, value, regions in con.execute(
+        "SELECT name, value, region_values FROM labels WHERE dataset = ? "
+        "ORDER BY is_ignore, coalesce(value, list_min(region_values)), name",
+        [dataset],
+    ).fetchall():
+        labels[name] = list(regions) if value is None and regions is not None else value
+    if not any(isinstance(v, list) for v in labels.values()):
+        return labels, None
+    raw = con.execute("SELECT description FROM datasets WHERE name = ?", [dataset]).fetchone()[0]
+    description = json.loads(raw) if isinstance(raw, str) else (raw or {})
+    declared = list(description.get("labels", {}))
+    labels = dict(sorted(labels.items(), key=lambda kv: declared.index(kv[0]) if kv[0] in declared else 1 << 30))
+    return labels, [int(v) for v in description.get("regions_class_order") or []] or None
 
 
 def labelled_case_ids(con: duckdb.DuckDBPyConnection, dataset: str) -> list[str]:

@@ -22,18 +22,21 @@ def metrics_table(
     run_id: int, cases: Iterable[tuple[str, Sequence[Mapping]]], *, nsd_tolerance_mm: float | None
 ) -> pa.Table:
     """An Arrow table shaped like `metrics` from (case_id, rows of `case_metrics`) pairs."""
-    columns: dict[str, list] = {name: [] for name in ("run_id", "case_id", "label", *METRIC_COLUMNS, *COUNT_COLUMNS)}
+    columns: dict[str, list] = {
+        name: [] for name in ("run_id", "case_id", "label", "region", *METRIC_COLUMNS, *COUNT_COLUMNS)
+    }
     for case_id, rows in cases:
         for row in rows:
             columns["run_id"].append(int(run_id))
             columns["case_id"].append(str(case_id))
             columns["label"].append(int(row["label"]))
+            columns["region"].append(row.get("region"))
             for name in METRIC_COLUMNS:
                 value = row.get(name)
                 columns[name].append(None if value is None else float(value))
             for name in COUNT_COLUMNS:
                 columns[name].append(int(row[name]))
-    types = {"run_id": pa.int32(), "case_id": pa.string(), "label": pa.int32()}
+    types = {"run_id": pa.int32(), "case_id": pa.string(), "label": pa.int32(), "region": pa.string()}
     types.update({name: pa.float64() for name in METRIC_COLUMNS})
     types.update({name: pa.int64() for name in COUNT_COLUMNS})
     table = pa.table({name: pa.array(values, type=types[name]) for name, values in columns.items()})
@@ -59,9 +62,9 @@ def insert_metrics(
             [int(run_id)],
         )
         con.execute(
-            "INSERT INTO metrics (run_id, case_id, label, dice, iou, hd95, nsd, tp, fp, fn, n_ref, n_pred, "
-            "nsd_tolerance_mm) SELECT run_id, case_id, label, dice, iou, hd95, nsd, tp, fp, fn, n_ref, n_pred, "
-            "nsd_tolerance_mm FROM _voxelbase_metrics_rows"
+            "INSERT INTO metrics (run_id, case_id, label, region, dice, iou, hd95, nsd, tp, fp, fn, n_ref, n_pred, "
+            "nsd_tolerance_mm) SELECT run_id, case_id, label, region, dice, iou, hd95, nsd, tp, fp, fn, n_ref, "
+            "n_pred, nsd_tolerance_mm FROM _voxelbase_metrics_rows"
         )
     finally:
         con.unregister("_voxelbase_metrics_rows")
@@ -98,11 +101,22 @@ def record_evaluation(
     nsd_tolerance_mm: float,
     n_cases: int,
     labels: Sequence[int],
+    regions: Sequence[str] | None = None,
 ) -> None:
     con.execute(
-        "INSERT INTO evaluations (run_id, name, pred_dir, reference, dataset, nsd_tolerance_mm, n_cases, labels) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [run_id, name, pred_dir, reference, dataset, float(nsd_tolerance_mm), n_cases, [int(v) for v in labels]],
+        "INSERT INTO evaluations (run_id, name, pred_dir, reference, dataset, nsd_tolerance_mm, n_cases, labels, "
+        "regions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            run_id,
+            name,
+            pred_dir,
+            reference,
+            dataset,
+            float(nsd_tolerance_mm),
+            n_cases,
+            [int(v) for v in labels],
+            list(regions) if regions else None,
+        ],
     )
 
 
@@ -211,13 +225,22 @@ def label_names_of_results(con: duckdb.DuckDBPyConnection, experiments: Sequence
         LEFT JOIN experiments e ON e.name = r.experiment
         LEFT JOIN evaluations ev ON ev.run_id = r.run_id
         JOIN labels l ON l.dataset = coalesce(e.dataset, ev.dataset) AND l.value IS NOT NULL
-        WHERE ? IS NULL OR list_contains(?, r.experiment)
+        WHERE NOT EXISTS (SELECT 1 FROM datasets d WHERE d.name = l.dataset AND d.has_regions)
+          AND (? IS NULL OR list_contains(?, r.experiment))
         """,
         [chosen, chosen],
     ).fetchall()
     names: dict[int, set[str]] = {}
     for value, name in rows:
         names.setdefault(int(value), set()).add(name)
+    # a region run's rows name their region: its number is the output channel, not a label value
+    regions = con.execute(
+        "SELECT DISTINCT m.label, m.region FROM result_runs r JOIN metrics m ON m.run_id = r.run_id "
+        "WHERE m.region IS NOT NULL AND (? IS NULL OR list_contains(?, r.experiment))",
+        [chosen, chosen],
+    ).fetchall()
+    for label, region in regions:
+        names.setdefault(int(label), set()).add(region)
     return names
 
 

@@ -19,17 +19,17 @@ import numpy as np
 from tqdm import tqdm
 
 from voxelbase.catalog import connect, transaction
-from voxelbase.catalog.datasets import case_geometries, dataset_info
+from voxelbase.catalog.datasets import case_geometries, dataset_info, dataset_regions, fingerprint_labels
 from voxelbase.catalog.plans import dataset_splits
 from voxelbase.catalog.results import insert_metrics
 from voxelbase.catalog.runs import ensemble_name, experiment_row, finished_folds, record_finished_run
 from voxelbase.errors import VoxelbaseError
-from voxelbase.evaluation.metrics import case_metrics
+from voxelbase.evaluation.metrics import case_metrics, regions_of
 from voxelbase.evaluation.selection import ensemble_candidates
 from voxelbase.images import read_probabilities, write_segmentation
 from voxelbase.project import Project
 from voxelbase.store import read_case
-from voxelbase.volumes import argmax_segmentation, mean_probabilities
+from voxelbase.volumes import mean_probabilities, segmentation_from_probabilities
 
 
 class EnsembleError(VoxelbaseError, ValueError):
@@ -89,6 +89,8 @@ def ensemble_cross_validation(
         splits = dataset_splits(con, dataset)
         info = dataset_info(con, dataset)
         geometry = case_geometries(con, dataset)
+        regions = dataset_regions(con, dataset)
+        regions_class_order = fingerprint_labels(con, dataset)[1] if regions else None
     ending, ignore_label = info.file_ending, info.ignore_label
     cases = {}
     for fold in folds:
@@ -114,8 +116,10 @@ def ensemble_cross_validation(
         out_dir = project.run_dir(experiment, name, fold) / "validation"
         for case_id in ids:
             probabilities = averaged_probabilities(files[(fold, case_id)])
-            segmentation = argmax_segmentation(probabilities)
-            labels = list(range(1, probabilities.shape[0]))
+            # per-region sigmoid maps (a region dataset) average like class probabilities, then take nnU-Net's
+            # region -> label map conversion
+            segmentation = segmentation_from_probabilities(probabilities, regions_class_order=regions_class_order)
+            labels = regions_of(regions) if regions else list(range(1, probabilities.shape[0]))
             del probabilities
             _, reference = read_case(project, dataset, case_id)
             if reference is None:

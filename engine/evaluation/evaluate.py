@@ -20,11 +20,11 @@ import numpy as np
 import zarr
 
 from voxelbase.catalog import connect, transaction
-from voxelbase.catalog.datasets import case_geometries, dataset_info, foreground_label_values
+from voxelbase.catalog.datasets import case_geometries, dataset_info, dataset_regions, foreground_label_values
 from voxelbase.catalog.results import insert_metrics, metric_summary, record_evaluation
 from voxelbase.catalog.runs import record_finished_run
 from voxelbase.errors import VoxelbaseError
-from voxelbase.evaluation.metrics import case_metrics, empty_label_metrics
+from voxelbase.evaluation.metrics import Region, case_metrics, empty_label_metrics, regions_of
 from voxelbase.images import Geometry, ImageFileError, read_image
 from voxelbase.parallel import completed, worker_count
 from voxelbase.project import Project
@@ -127,7 +127,7 @@ def score_cases(
     workers: int | None = None,
 ) -> Iterator[tuple[str, list[dict]]]:
     """(case id, metric rows) per task, in order, computed by `workers` processes (1: in this process)."""
-    label_tuple = None if labels is None else tuple(int(v) for v in labels)
+    label_tuple = None if labels is None else tuple(v if isinstance(v, Region) else int(v) for v in labels)
     args = [(task, label_tuple, float(nsd_tolerance_mm), ignore_label) for task in tasks]
     workers = worker_count(workers, tasks=len(args), cap=4)
     done: dict[str, list[dict]] = {}
@@ -145,7 +145,8 @@ def _dataset_tasks(
         if info is None:
             raise EvaluationError(f"dataset {dataset!r} is not in the catalog: ingest it first (voxelbase ingest)")
         stored = case_geometries(con, dataset, labelled=True)
-        labels = foreground_label_values(con, dataset)
+        regions = dataset_regions(con, dataset)
+        labels = regions_of(regions) if regions else foreground_label_values(con, dataset)
     missing = sorted(set(predictions) - set(stored))
     if missing:
         raise EvaluationError(
@@ -180,18 +181,22 @@ def _folder_tasks(reference_dir: Path, predictions: dict[str, Path]) -> list[Cas
     return tasks
 
 
-def _folder_labels(reference_dir: Path) -> tuple[list[int] | None, int | None]:
+def _folder_labels(reference_dir: Path) -> tuple[list | None, int | None]:
     """(labels, ignore label) from a dataset.json next to (or above) the references, as in nnU-Net's raw layout.
 
-    Region-based datasets (labels declared as lists) are not supported here; their values are scored as labels.
+    A region dataset (labels declared as lists) is scored per region, in its declared order.
     """
     for candidate in (reference_dir / "dataset.json", reference_dir.parent / "dataset.json"):
         if candidate.is_file():
             declared = dict(json.loads(candidate.read_text()).get("labels", {}))
             ignore = declared.pop("ignore", None)
+            ignore = ignore if isinstance(ignore, int) else None
+            if any(isinstance(v, list) and len(v) > 1 for v in declared.values()):
+                named = [(k, v if isinstance(v, list) else [v]) for k, v in declared.items() if v not in (0, [0])]
+                return regions_of(named), ignore
             values = [v for v in declared.values() if isinstance(v, int) and v > 0]
             if values and len(values) == len(declared) - ("background" in declared):
-                return sorted(values), ignore if isinstance(ignore, int) else None
+                return sorted(values), ignore
     return None, None
 
 
@@ -202,7 +207,7 @@ def evaluate_folder(
     dataset: str | None = None,
     name: str | None = None,
     project: Project | str | None = None,
-    labels: Sequence[int] | None = None,
+    labels: Sequence[int | Region] | None = None,
     nsd_tolerance_mm: float = 1.0,
     file_ending: str | None = None,
     workers: int | None = None,
@@ -257,7 +262,8 @@ def evaluate_folder(
             dataset=dataset,
             nsd_tolerance_mm=nsd_tolerance_mm,
             n_cases=len(results),
-            labels=labels,
+            labels=[v.label if isinstance(v, Region) else int(v) for v in labels],
+            regions=[v.name for v in labels] if labels and isinstance(labels[0], Region) else None,
         )
     return int(run_id)
 
@@ -279,8 +285,9 @@ def iter_case_pairs(
     reference_dir: str | os.PathLike | None = None,
     dataset: str | None = None,
     project: Project | str | None = None,
-) -> tuple[list[int] | None, Iterator[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]]:
-    """(labels, a generator of (prediction, reference, spacing)) over the predictions in several folders.
+) -> tuple[list | None, Iterator[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]], int | None]:
+    """(labels, a generator of (prediction, reference, spacing), ignore label) over the predictions in several
+    folders; a region dataset's labels are its `Region`s.
 
     For deciding postprocessing on cross-validation output (one folder per fold): every reference is checked
     before the first case is read, and the generator holds one case in memory at a time.
@@ -295,8 +302,8 @@ def iter_case_pairs(
                 raise EvaluationError(f"case {case_id!r} is predicted twice: {predictions[case_id]} and {path}")
             predictions[case_id] = path
     if dataset is not None:
-        tasks, labels, _ignore = _dataset_tasks(project, dataset, predictions)
+        tasks, labels, ignore = _dataset_tasks(project, dataset, predictions)
     else:
         tasks = _folder_tasks(Path(reference_dir), predictions)
-        labels = _folder_labels(Path(reference_dir))[0]
-    return labels, (load_case_pair(task) for task in tasks)
+        labels, ignore = _folder_labels(Path(reference_dir))
+    return labels, (load_case_pair(task) for task in tasks), ignore

@@ -30,6 +30,7 @@ Euclidean distance does not depend on the space around it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -39,17 +40,39 @@ from voxelbase.volumes.components import padded_box
 _FACE = ndimage.generate_binary_structure(3, 1)
 
 
+class Region(NamedTuple):
+    """A region scored as one structure (nnU-Net's region-based evaluation): a voxel is in it when its label is one
+    of `values`. `label` is the number its metric rows carry (the region's output channel + 1), `name` its name."""
+
+    label: int
+    name: str
+    values: tuple[int, ...]
+
+
+def regions_of(named: Sequence[tuple[str, Sequence[int]]]) -> list[Region]:
+    """(name, values) pairs in output order -> Regions numbered 1, 2, ..."""
+    return [Region(i + 1, str(name), tuple(int(v) for v in values)) for i, (name, values) in enumerate(named)]
+
+
+def class_mask(seg: np.ndarray, label: int | Region) -> np.ndarray:
+    """Where `seg` holds a label, or any value of a region."""
+    if isinstance(label, Region):
+        return np.isin(seg, label.values)
+    return seg == label
+
+
 def case_metrics(
     pred: np.ndarray,
     ref: np.ndarray,
     *,
-    labels: Sequence[int],
+    labels: Sequence[int | Region],
     spacing: Sequence[float],
     nsd_tolerance_mm: float = 1.0,
     ignore_mask: np.ndarray | None = None,
     surface_metrics: bool = True,
 ) -> list[dict]:
     """One dict per foreground label (in the order given) with dice, iou, hd95, nsd, tp, fp, fn, n_ref, n_pred.
+    A `Region` is scored as the union of its values, its row carrying its number and its name (`region`).
 
     `pred` and `ref` are (Z, Y, X) integer label maps of the same shape; `spacing` is (z, y, x) in mm.
     `surface_metrics=False` skips HD95 and NSD (left as None) when only overlap counts are needed, e.g. for
@@ -66,21 +89,25 @@ def case_metrics(
     keep = None if ignore_mask is None else ~ignore_mask.astype(bool)
     rows = []
     for label in labels:
-        p = pred == label
-        r = ref == label
+        p = class_mask(pred, label)
+        r = class_mask(ref, label)
         if keep is not None:
             p &= keep
             r &= keep
-        rows.append(
-            _label_metrics(p, r, label=int(label), spacing=spacing, tau=nsd_tolerance_mm, surface=surface_metrics)
-        )
+        number = label.label if isinstance(label, Region) else int(label)
+        row = _label_metrics(p, r, label=number, spacing=spacing, tau=nsd_tolerance_mm, surface=surface_metrics)
+        if isinstance(label, Region):
+            row["region"] = label.name
+        rows.append(row)
     return rows
 
 
-def empty_label_metrics(label: int) -> dict:
+def empty_label_metrics(label: int | Region) -> dict:
     """The row of a label absent from both prediction and reference (what `case_metrics` gives for it)."""
+    region = {"region": label.name} if isinstance(label, Region) else {}
     return {
-        "label": int(label),
+        **region,
+        "label": label.label if isinstance(label, Region) else int(label),
         "dice": None,
         "iou": None,
         "hd95": None,

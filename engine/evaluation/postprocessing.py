@@ -27,7 +27,8 @@ import numpy as np
 from voxelbase.catalog import transaction
 from voxelbase.catalog.results import record_postprocessing
 from voxelbase.evaluation.evaluate import iter_case_pairs
-from voxelbase.evaluation.metrics import overlap_scores
+from voxelbase.evaluation.metrics import Region, overlap_scores
+from voxelbase.evaluation.postprocessing_regions import decide_region_postprocessing
 from voxelbase.volumes.components import largest_component_mask
 
 
@@ -46,7 +47,10 @@ class _Scores:
         return float(np.mean(values)) if values else float("nan")
 
 
-def _dice(p: np.ndarray, r: np.ndarray, n_ref: int) -> float | None:
+def _dice(p: np.ndarray, r: np.ndarray, n_ref: int, keep: np.ndarray | None = None) -> float | None:
+    """Dice with `r` already masked (n_ref its count); `keep` leaves the prediction's ignored voxels out."""
+    if keep is not None:
+        p = p & keep
     tp = int(np.count_nonzero(p & r))
     return overlap_scores(tp, int(np.count_nonzero(p)) - tp, n_ref - tp)[0]
 
@@ -67,8 +71,10 @@ def decide_postprocessing(
     cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]]],
     *,
     labels: Sequence[int],
+    ignore_label: int | None = None,
 ) -> dict:
-    """Decide, on (prediction, reference, spacing) cases, which largest-component steps to apply.
+    """Decide, on (prediction, reference, spacing) cases, which largest-component steps to apply; voxels the
+    reference marks with `ignore_label` count for no Dice (nnU-Net's evaluation).
 
     Returns a JSON-able dict: {"foreground_lcc": bool, "per_label_lcc": [labels], "dice_before": mean foreground
     Dice, "dice_after": after the accepted steps, "label_dice_before"/"label_dice_after": per label, "n_cases"}.
@@ -86,15 +92,16 @@ def decide_postprocessing(
         n_cases += 1
         foreground = pred > 0
         fg_kept = largest_component_mask(foreground)
+        keep = None if ignore_label is None else ref != ignore_label
         for label in labels:
             r = ref == label
             n_ref = int(np.count_nonzero(r))
             p = pred == label
             p_fg = p & fg_kept
-            base.add(label, _dice(p, r, n_ref))
-            fg.add(label, _dice(p_fg, r, n_ref))
-            per_label_on_base.add(label, _dice(largest_component_mask(p), r, n_ref))
-            per_label_on_fg.add(label, _dice(largest_component_mask(p_fg), r, n_ref))
+            base.add(label, _dice(p, r, n_ref, keep))
+            fg.add(label, _dice(p_fg, r, n_ref, keep))
+            per_label_on_base.add(label, _dice(largest_component_mask(p), r, n_ref, keep))
+            per_label_on_fg.add(label, _dice(largest_component_mask(p_fg), r, n_ref, keep))
     if n_cases == 0:
         raise ValueError("no cases to decide postprocessing on")
 
@@ -138,11 +145,17 @@ def determine_postprocessing(
 ) -> dict:
     """Decide on the cross-validation predictions in `pred_dirs` (one folder per fold) and record the decision
     for (experiment, configuration) -- the step nnU-Net runs after `find_best_configuration`."""
-    found_labels, cases = iter_case_pairs(pred_dirs, reference_dir=reference_dir, dataset=dataset, project=project)
+    source = {"reference_dir": reference_dir, "dataset": dataset, "project": project}
+    found_labels, cases, ignore_label = iter_case_pairs(pred_dirs, **source)
     labels = labels if labels is not None else found_labels
     if not labels:
         raise ValueError("the labels to postprocess are unknown: pass labels=[...]")
-    decision = decide_postprocessing(cases, labels=labels)
+    if isinstance(labels[0], Region):
+        decision = decide_region_postprocessing(
+            lambda: iter_case_pairs(pred_dirs, **source)[1], regions=labels, ignore_label=ignore_label
+        )
+    else:
+        decision = decide_postprocessing(cases, labels=labels, ignore_label=ignore_label)
     with transaction(project) as con:
         record_postprocessing(con, experiment=experiment, configuration=configuration, decision=decision)
     return decision

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from voxelbase.catalog import connect
-from voxelbase.catalog.datasets import case_geometries, dataset_info, foreground_label_values
+from voxelbase.catalog.datasets import case_geometries, dataset_info, dataset_regions, foreground_label_values
 from voxelbase.catalog.results import cross_validation_case_metrics, label_names_of_results, postprocessing_decisions
 from voxelbase.catalog.runs import (
     experiment_names,
@@ -125,7 +125,11 @@ def _read_facts(experiment: str, project: Project) -> _Facts:
         names = {v: sorted(n)[0] for v, n in label_names_of_results(con, [experiment]).items()}
         dataset = row.dataset if row is not None else None
         info = dataset_info(con, dataset) if dataset else None
-        foreground = foreground_label_values(con, dataset) if dataset else []
+        regions = dataset_regions(con, dataset) if dataset else []
+        # a region dataset's pseudo Dice is one entry per region, numbered like its metric rows
+        foreground = (
+            list(range(1, len(regions) + 1)) if regions else (foreground_label_values(con, dataset) if dataset else [])
+        )
         cases = _case_results(cross_validation_case_metrics(con, experiment))
         geometry = case_geometries(con, dataset, sorted({c.case_id for c in cases})) if info else {}
         return _Facts(

@@ -29,7 +29,7 @@ from voxelbase.catalog.preprocessed import case_properties
 from voxelbase.catalog.results import clear_metrics, insert_metrics
 from voxelbase.catalog.runs import latest_training_run, record_scoring, record_validation, validation_keys
 from voxelbase.errors import VoxelbaseError
-from voxelbase.evaluation.metrics import case_metrics
+from voxelbase.evaluation.metrics import case_metrics, regions_of
 from voxelbase.images import ImageFileError, read_image, write_probabilities, write_segmentation
 from voxelbase.inference.probabilities import predict_probabilities
 from voxelbase.networks import load_trained_model, trained_plan
@@ -196,7 +196,9 @@ def _saved_segmentation(out_dir: Path, case_id: str, ending: str) -> np.ndarray:
 def score_validation(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, run_id: int) -> int:
     """Score the fold's saved validation segmentations against the stored labels; returns the metric rows."""
     out_dir = project.run_dir(spec.name, configuration, fold) / "validation"
-    labels = trained_plan(out_dir.parent / CHECKPOINT).foreground_labels
+    plan = trained_plan(out_dir.parent / CHECKPOINT)
+    # a region plan is scored per region; ignored voxels (the ignore label in the reference) are left out
+    labels = regions_of(plan.regions) if plan.has_regions else plan.foreground_labels
     dataset = spec.dataset
     ids = _validation_cases(project, dataset, fold)
     with connect(project, read_only=True) as con:
@@ -213,6 +215,7 @@ def score_validation(project: Project, spec: ExperimentSpec, *, configuration: s
             labels=labels,
             spacing=geometry[case_id].spacing,
             nsd_tolerance_mm=tolerance,
+            ignore_mask=None if plan.ignore_label is None else reference == plan.ignore_label,
         )
         scored.append((case_id, rows))
     with transaction(project) as con:

@@ -49,10 +49,10 @@ from voxelbase.project import Project
 from voxelbase.spec import ExperimentSpec
 from voxelbase.volumes import (
     apply_postprocessing,
-    argmax_segmentation,
     mean_probabilities,
     probabilities_to_segmentation,
     revert_probabilities,
+    segmentation_from_probabilities,
 )
 
 SPACING_WARN_FACTOR = 2.0  # warn when an axis' spacing is beyond half the smallest / twice the largest trained
@@ -158,6 +158,12 @@ def member_probabilities(member: ConfigurationModels, image: np.ndarray, *, geom
     return probabilities, properties
 
 
+def _regions_class_order(models: PredictionModels) -> tuple[int, ...] | None:
+    """The members' regions_class_order when they predict per-region sigmoid maps (members agree on it)."""
+    plan = models.members[0].plan
+    return plan.regions_class_order if plan.has_regions else None
+
+
 def _predict_case(
     case: InputCase,
     models: PredictionModels,
@@ -184,7 +190,7 @@ def _predict_case(
 
         total = mean_probabilities(reverted(member) for member in models.members)
         del image
-        segmentation = argmax_segmentation(total)
+        segmentation = segmentation_from_probabilities(total, regions_class_order=_regions_class_order(models))
         if save:
             write_probabilities(total, output_dir / f"{case.case_id}.npz")
         del total

@@ -57,8 +57,8 @@ def predict_probabilities(
     device: torch.device,
     tta: bool,
 ) -> np.ndarray:
-    """Softmax probabilities (K, Z, Y, X) at plan spacing, averaged over `networks` (folds); for a plan that
-    `predicts_logits`, the averaged logits instead.
+    """Softmax probabilities (K, Z, Y, X) at plan spacing, averaged over `networks` (folds); per-region sigmoid maps
+    (R, Z, Y, X) for a region plan; for a plan that `predicts_logits`, the averaged logits instead.
 
     Windows, step, Gaussian weighting and batching come from the spec's `[predict]`; test-time mirroring (when
     `tta`) over the axes training mirrored (`[augment] mirror_axes`).
@@ -92,6 +92,7 @@ def predict_probabilities(
             use_gaussian=spec.predict.use_gaussian,
             gaussian_sigma_scale=spec.predict.gaussian_sigma_scale,
         )
-        probabilities = torch.softmax(logits, 0)
+        # region plans: one independent sigmoid per region (nnU-Net's inference nonlinearity for regions)
+        probabilities = torch.sigmoid(logits) if plan.has_regions else torch.softmax(logits, 0)
         total = probabilities if total is None else total.add_(probabilities)
     return (total / len(networks)).numpy()

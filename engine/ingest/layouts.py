@@ -13,6 +13,7 @@ from pathlib import Path
 
 from voxelbase.catalog.datasets import LabelRow, has_region_labels, ignore_label_of
 from voxelbase.ingest.errors import IngestError
+from voxelbase.ingest.label_kinds import check_label_kinds
 from voxelbase.store.layout import unsafe_name
 
 NNUNET_REQUIRED = ("channel_names", "labels", "numTraining", "file_ending")
@@ -141,6 +142,7 @@ def _discover_nnunet(root: Path, path: Path, description: dict) -> DatasetSource
         raise IngestError(f'{path}: \'channel_names\' must be a non-empty mapping like {{"0": "CT"}}')
     channels = tuple(str(channel_map[k]) for k in sorted(channel_map, key=int))
     labels = _nnunet_labels(description["labels"], where=path)
+    check_label_kinds(labels, description, where=path)
 
     train_ids = _case_ids(root / "imagesTr", ending, n_channels=len(channels), where=path, required=True)
     label_dir = root / "labelsTr"

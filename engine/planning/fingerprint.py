@@ -76,4 +76,5 @@ def load_fingerprint(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str, 
         "channel_names": channel_names,
         "labels": rows.labels,
         "num_training": len(cases),
+        **({"regions_class_order": rows.regions_class_order} if rows.regions_class_order else {}),
     }

@@ -340,4 +340,13 @@ def _finish(
         "previous_stage": None,
         "transpose_forward": list(forward),
         "vram_estimate_elements": config["vram_estimate_elements"],
+        **(
+            {
+                "regions_class_order": list(fingerprint["regions_class_order"]),
+                # the output order, kept apart from the labels mapping, whose key order JSON may not keep
+                "region_names": [n for n, v in labels.items() if n != "ignore" and v not in (0, [0])],
+            }
+            if fingerprint.get("regions_class_order")
+            else {}
+        ),
     }

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from voxelbase.plan import ConfigurationPlan
-from voxelbase.preprocessing.class_locations import sample_class_locations
+from voxelbase.preprocessing.class_locations import sample_locations_by_class
 from voxelbase.preprocessing.crop import crop_to_nonzero
 from voxelbase.preprocessing.normalize import normalize
 from voxelbase.volumes.resample import compute_new_shape, resample_image, resample_label
@@ -54,7 +54,7 @@ def preprocess_case(
     locations: dict[int, np.ndarray] = {}
     if label is not None:
         out_label = resample_label(cropped.label, new_shape, order=settings.label_order, **common)
-        locations = sample_class_locations(out_label, plan.sampled_labels)
+        locations = sample_locations_by_class(out_label, plan.location_classes)
     properties = {
         "spacing": list(spacing),
         "target_spacing": list(new_spacing),

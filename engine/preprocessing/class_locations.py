@@ -8,7 +8,7 @@ instead of every voxel keeps the catalog small; 1% keeps large structures well c
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -39,4 +39,34 @@ def sample_class_locations(label: np.ndarray, labels: Iterable[int], *, seed: in
             continue
         picked = voxels[lo + rng.choice(n, sample_count(n), replace=False)]
         out[value] = np.stack(np.unravel_index(picked, label.shape), axis=1).astype(np.int32)
+    return out
+
+
+def sample_locations_by_class(
+    label: np.ndarray, classes: Mapping[int, tuple[int, ...]], *, seed: int = SEED
+) -> dict[int, np.ndarray]:
+    """{key: (k, 3) int32 coordinates} for each key's label values (a region, or every annotated voxel).
+
+    Plain labels (a key covering only its own value) are drawn first, exactly as `sample_class_locations` draws
+    them; keys covering several values (regions, the annotated voxels of a sparsely labelled case) follow, from the
+    same random stream, over the union of their values' voxels in C order.
+    """
+    plain = [key for key, values in classes.items() if tuple(values) == (key,)]
+    out = sample_class_locations(label, plain, seed=seed) if plain else {}
+    rng = np.random.RandomState(seed)
+    if plain:  # continue the stream where the plain labels left it
+        flat = label.ravel()
+        for key in plain:
+            n = int(np.count_nonzero(flat == key))
+            if n:
+                rng.choice(n, sample_count(n), replace=False)
+    for key, values in classes.items():
+        if key in out:
+            continue
+        voxels = np.flatnonzero(np.isin(label.ravel(), np.asarray(values, dtype=np.int64)))
+        if voxels.size == 0:
+            out[key] = np.zeros((0, 3), dtype=np.int32)
+            continue
+        picked = voxels[rng.choice(voxels.size, sample_count(voxels.size), replace=False)]
+        out[key] = np.stack(np.unravel_index(picked, label.shape), axis=1).astype(np.int32)
     return out

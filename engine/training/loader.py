@@ -30,10 +30,11 @@ class StreamSettings:
     read_size: tuple[int, ...]  # what is read: larger than patch_size when augmenting
     oversample_foreground: float
     seed: int
-    num_classes: int
+    num_classes: int  # label values the stored maps hold (0 .. num_classes - 1, the ignore label included)
     augment: AugmentConfig | None = None
     dummy_2d: bool = False
     probabilistic_oversampling: bool = False
+    annotated_only: bool = False  # an ignore label: centre patches on annotated voxels (nnU-Net's sparse rule)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class PatchStream:
             patch_size=s.patch_size,
             oversample=s.oversample_foreground,
             probabilistic=s.probabilistic_oversampling,
+            annotated_only=s.annotated_only,
         )
         two_d = len(s.patch_size) == 2
         size = (1, *s.read_size) if two_d else tuple(s.read_size)

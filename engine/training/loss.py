@@ -3,6 +3,13 @@
 Reproduces nnU-Net v2's DC_and_CE_loss with MemoryEfficientSoftDiceLoss (softmax, background excluded, smooth 1e-5,
 optional batch Dice) wrapped in its DeepSupervisionWrapper (weights 1/2^i, lowest resolution weight 0, normalized),
 with targets downsampled per scale by nearest-exact interpolation as nnU-Net's DownsampleSegForDSTransform does.
+
+Region datasets train nnU-Net's DC_and_BCE_loss instead: one sigmoid output per region, the target one channel per
+region (a voxel is in a region when its label is one of the region's values), soft Dice over every channel plus
+binary cross-entropy. With an ignore label, ignored voxels add nothing to either term, in both losses: the Dice sums
+and the cross-entropy skip them (the region loss divides its summed cross-entropy by the count of annotated voxels,
+as nnU-Net does). Region targets are made from the label map at each scale; nearest-exact downsampling picks the
+same voxels either way, so this equals nnU-Net's downsampling of the region channels.
 """
 
 from __future__ import annotations
@@ -60,6 +67,68 @@ def downsample_targets(target: torch.Tensor, scales: Sequence[Sequence[float]]) 
     return results
 
 
+def region_targets(target: torch.Tensor, regions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, 1, *spatial) label map -> (B, R, *spatial) bool: channel r is set where the label is in region r."""
+    if not regions:
+        raise ValueError("region targets need at least one region")
+    channels = []
+    for members in regions:
+        inside = torch.zeros_like(target, dtype=torch.bool)
+        for value in members:
+            inside |= target == int(value)
+        channels.append(inside)
+    return torch.cat(channels, dim=1)
+
+
+def _dice_from(
+    probs: torch.Tensor, onehot: torch.Tensor, *, mask: torch.Tensor | None, batch_dice: bool, smooth: float
+) -> torch.Tensor:
+    """-mean soft Dice of probability maps against one-hot targets (B, K, *spatial), voxels under mask == 0 left out."""
+    axes = tuple(range(2, probs.ndim))
+    with torch.no_grad():
+        if mask is not None:
+            onehot = onehot * mask
+        sum_gt = onehot.sum(axes, dtype=torch.float32)
+    if mask is not None:
+        probs = probs * mask
+    intersect = (probs * onehot).sum(axes, dtype=torch.float32)
+    sum_pred = probs.sum(axes, dtype=torch.float32)
+    if batch_dice:
+        intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+    dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
+    return -dice.mean()
+
+
+def region_dice_bce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    regions: Sequence[Sequence[int]],
+    batch_dice: bool,
+    ignore_label: int | None = None,
+    smooth: float = DICE_SMOOTH,
+    weight_dice: float = 1.0,
+    weight_ce: float = 1.0,
+) -> torch.Tensor:
+    """nnU-Net's DC_and_BCE_loss of (B, R, *spatial) logits against a (B, 1, *spatial) label map."""
+    onehot = region_targets(target, regions)
+    mask = (target != ignore_label) if ignore_label is not None else None
+    onehot_f = onehot.to(torch.float32)
+    dice = _dice_from(
+        torch.sigmoid(logits),
+        onehot_f,
+        mask=None if mask is None else mask.to(torch.float32),
+        batch_dice=batch_dice,
+        smooth=smooth,
+    )
+    if mask is None:
+        bce = F.binary_cross_entropy_with_logits(logits, onehot_f)
+    else:
+        per_voxel = F.binary_cross_entropy_with_logits(logits, onehot_f, reduction="none")
+        bce = (per_voxel * mask).sum() / torch.clip(mask.sum(), min=1e-8)
+    return weight_ce * bce + weight_dice * dice
+
+
 def soft_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -77,29 +146,20 @@ def soft_dice_loss(
     """
     first = 0 if include_background else 1
     probs = torch.softmax(logits, dim=1)[:, first:]
-    axes = tuple(range(2, logits.ndim))
     with torch.no_grad():
         onehot = torch.zeros(logits.shape, device=logits.device, dtype=torch.float32)
         onehot.scatter_(1, target.long(), 1)
         onehot = onehot[:, first:]
-        if mask is not None:
-            onehot = onehot * mask
-        sum_gt = onehot.sum(axes, dtype=torch.float32)
-    if mask is not None:
-        probs = probs * mask
-    intersect = (probs * onehot).sum(axes, dtype=torch.float32)
-    sum_pred = probs.sum(axes, dtype=torch.float32)
-    if batch_dice:
-        intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
-    dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
-    return -dice.mean()
+    return _dice_from(probs, onehot, mask=mask, batch_dice=batch_dice, smooth=smooth)
 
 
 class DiceCELoss(nn.Module):
     """Soft Dice + cross-entropy (weights 1:1), over one output or a deep-supervision list of outputs.
 
     Call with logits (tensor or list, full resolution first) and the matching target(s): a list of label maps
-    from `downsample_targets`, or one full-resolution label map that is downsampled here.
+    from `downsample_targets`, or one full-resolution label map that is downsampled here. With `regions` (the
+    member values of each output's region) it is nnU-Net's Dice + binary cross-entropy over sigmoid outputs instead
+    (Dice over every output: there is no background channel).
     """
 
     def __init__(
@@ -114,8 +174,10 @@ class DiceCELoss(nn.Module):
         include_background: bool = False,
         ds_factor: float = 0.5,
         ds_drop_lowest: bool = True,
+        regions: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
+        self.regions = [tuple(int(v) for v in r) for r in regions] if regions else None
         self.batch_dice = batch_dice
         self.ds_scales = [list(s) for s in ds_scales] if ds_scales is not None else None
         self.weights = (
@@ -133,6 +195,17 @@ class DiceCELoss(nn.Module):
         """The loss of one output against a (B, 1, *spatial) or (B, *spatial) label map."""
         if target.ndim == logits.ndim - 1:
             target = target[:, None]
+        if self.regions is not None:
+            return region_dice_bce(
+                logits,
+                target,
+                regions=self.regions,
+                batch_dice=self.batch_dice,
+                ignore_label=self.ignore_label,
+                smooth=self.smooth,
+                weight_dice=self.weight_dice,
+                weight_ce=self.weight_ce,
+            )
         mask = None
         target_dice = target
         if self.ignore_label is not None:
@@ -184,11 +257,16 @@ class DiceCELoss(nn.Module):
 
 
 def build_loss(
-    *, batch_dice: bool, strides: Sequence[Sequence[int]] | None, ignore_label: int | None = None
+    *,
+    batch_dice: bool,
+    strides: Sequence[Sequence[int]] | None,
+    ignore_label: int | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> DiceCELoss:
     """The training loss for a plan: pass the plan's architecture strides for deep supervision, None without."""
     return DiceCELoss(
         batch_dice=batch_dice,
         ds_scales=deep_supervision_scales(strides) if strides is not None else None,
         ignore_label=ignore_label,
+        regions=regions,
     )

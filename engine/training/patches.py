@@ -16,6 +16,7 @@ import zarr
 
 from voxelbase.catalog import connect
 from voxelbase.catalog.preprocessed import class_locations, preprocessed_shapes
+from voxelbase.plan import ANNOTATED_KEY
 from voxelbase.project import Project
 from voxelbase.store.layout import case_dir
 
@@ -69,6 +70,7 @@ def sample_batch(
     patch_size: Sequence[int],
     oversample: float,
     probabilistic: bool = False,
+    annotated_only: bool = False,
 ) -> list[PatchRequest]:
     """Pick cases uniformly and patch starts as nnU-Net's data loader does (3-D, or 2-D slices of 3-D cases).
 
@@ -77,6 +79,10 @@ def sample_batch(
     nnU-Net's [lbs, ubs] = [-ceil(pad / 2), extent + ceil(pad / 2) - read]; forced samples centre the read patch on
     a voxel of a uniformly chosen class present in the case (start = max(lbs, voxel - read // 2)). 2-D: the slice is
     that voxel's (nnU-Net v2 treats 2-D as 3-D with a patch one slice deep), or uniform for the other samples.
+
+    `annotated_only` (a dataset with an ignore label) is nnU-Net's rule for sparse annotations: a sample that is not
+    forced is centred on an annotated voxel (`ANNOTATED_KEY`) instead of a uniform start, and a forced one on a
+    class other than that key whenever the case has one, so no patch is centred on ignored voxels.
     """
     requests = []
     two_d = len(patch_size) == 2
@@ -88,8 +94,14 @@ def sample_batch(
         # nnU-Net's probabilistic variant forces each sample with probability `oversample` instead
         force = bool(rng.random() < oversample) if probabilistic else forced_foreground(index, batch_size, oversample)
         centre = None
-        if force:
+        if annotated_only and not force:
+            annotated = case.locations.get(ANNOTATED_KEY)
+            if annotated is not None and len(annotated):
+                centre = annotated[int(rng.integers(len(annotated)))]
+        elif force:
             eligible = [label for label, where in case.locations.items() if len(where)]
+            if ANNOTATED_KEY in eligible and len(eligible) > 1:
+                eligible.remove(ANNOTATED_KEY)
             if eligible:
                 where = case.locations[eligible[int(rng.integers(len(eligible)))]]
                 centre = where[int(rng.integers(len(where)))]

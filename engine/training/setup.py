@@ -71,10 +71,6 @@ def _unsupported(plan: ConfigurationPlan) -> str | None:
     """Plans this trainer cannot honour yet, refused up front rather than trained wrongly."""
     if plan.previous_stage:
         return "the cascade (a stage trained on the previous stage's predictions)"
-    if plan.has_ignore_label:
-        return "training with an ignore label"
-    if plan.has_regions:
-        return "training with region labels"
     return None
 
 
@@ -104,7 +100,8 @@ def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, 
         "patch_size": patch,
         "oversample_foreground": spec.train.oversample_foreground,
         "probabilistic_oversampling": spec.train.probabilistic_oversampling,
-        "num_classes": plan.num_classes,
+        "num_classes": plan.label_value_count,
+        "annotated_only": plan.has_ignore_label,
     }
     return FoldSetup(
         plan=plan,

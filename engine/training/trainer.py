@@ -23,7 +23,7 @@ from voxelbase.project import Project
 from voxelbase.spec import ExperimentSpec
 from voxelbase.training import records
 from voxelbase.training.loader import PatchStream, augment_batch
-from voxelbase.training.loss import DiceCELoss, deep_supervision_scales
+from voxelbase.training.loss import DiceCELoss, deep_supervision_scales, region_targets
 from voxelbase.training.optim import build_optimizer, poly_lr, set_lr
 from voxelbase.training.plot import plot_progress
 from voxelbase.training.setup import FoldSetup, TrainingError, default_workers, prepare_fold, training_hash
@@ -42,15 +42,30 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-def _pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(3, K-1) true positives, false positives, false negatives of the argmax per foreground class (nnU-Net).
+def _pseudo_dice_counts(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    *,
+    regions: list[tuple[int, ...]] | None = None,
+    ignore_label: int | None = None,
+) -> torch.Tensor:
+    """(3, K) true positives, false positives, false negatives per foreground class (nnU-Net's online Dice): of the
+    argmax per class 1 .. K-1, or for regions of sigmoid > 0.5 per region; ignored voxels are left out.
 
     Counted on the logits' device and copied to the host once (one sync per batch, not three per class).
     """
-    predicted = logits.argmax(1)
     target = target[:, 0].long()
-    classes = torch.arange(1, num_classes, device=logits.device).view(-1, *[1] * predicted.ndim)
-    p, t = predicted[None] == classes, target[None] == classes  # (K-1, B, *spatial)
+    if regions:
+        p = (logits > 0).transpose(0, 1)  # sigmoid > 0.5, (R, B, *spatial)
+        t = region_targets(target[:, None], regions).transpose(0, 1)
+    else:
+        predicted = logits.argmax(1)
+        classes = torch.arange(1, num_classes, device=logits.device).view(-1, *[1] * predicted.ndim)
+        p, t = predicted[None] == classes, target[None] == classes  # (K-1, B, *spatial)
+    if ignore_label is not None:
+        valid = (target != ignore_label)[None]
+        p, t = p & valid, t & valid
     dims = tuple(range(1, p.ndim))
     tp = (p & t).sum(dims)
     counts = torch.stack([tp, p.sum(dims) - tp, t.sum(dims) - tp])
@@ -167,6 +182,8 @@ def _train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     num_classes = plan.num_classes
+    regions = [members for _, members in plan.regions] or None
+    n_scored = len(plan.foreground_labels)  # foreground classes, or every region
     network = network_for_plan(plan, deep_supervision=cfg.deep_supervision).to(device)
     if device.type == "cuda" and cfg.channels_last is True:
         network = network.to(
@@ -186,6 +203,8 @@ def _train(
         include_background=cfg.dice_include_background,
         ds_factor=cfg.ds_weight_factor,
         ds_drop_lowest=cfg.ds_drop_lowest,
+        ignore_label=plan.ignore_label,
+        regions=regions,
     )
     model = torch.compile(network) if cfg.compile else network
     amp_dtype = autocast_dtype(device, cfg.amp)
@@ -263,7 +282,7 @@ def _train(
             train_losses.append(loss.item())
 
         model.eval()
-        val_losses, counts = [], torch.zeros(3, num_classes - 1, dtype=torch.float64)
+        val_losses, counts = [], torch.zeros(3, n_scored, dtype=torch.float64)
         with torch.no_grad():
             for _ in range(val_iterations):
                 batch = next(val_batches)
@@ -273,7 +292,9 @@ def _train(
                     outputs = model(image)
                     val_losses.append(loss_fn(outputs, label).item())
                 highest = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-                counts += _pseudo_dice_counts(highest.float(), label, num_classes)
+                counts += _pseudo_dice_counts(
+                    highest.float(), label, num_classes, regions=regions, ignore_label=plan.ignore_label
+                )
         tp, fp, fn = counts
         dice = [float(2 * a / (2 * a + b + c)) if (2 * a + b + c) > 0 else float("nan") for a, b, c in zip(tp, fp, fn)]
         mean_dice = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0

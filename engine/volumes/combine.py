@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -34,3 +34,27 @@ def mean_probabilities(members: Iterable[np.ndarray], *, where: str = "") -> np.
     if n > 1:
         total /= n
     return total
+
+
+def regions_to_segmentation(probabilities: np.ndarray, regions_class_order: Sequence[int]) -> np.ndarray:
+    """(R, Z, Y, X) per-region sigmoid maps -> (Z, Y, X) uint16 label map, as nnU-Net converts them: region i is
+    set where its map is above 0.5 and writes `regions_class_order[i]`, regions taken in order so a later
+    (usually nested, smaller) region overwrites an earlier one; voxels in no region stay background."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape[0] != len(regions_class_order):
+        raise ValueError(
+            f"{probabilities.shape[0]} region maps but {len(regions_class_order)} entries in regions_class_order"
+        )
+    segmentation = np.zeros(probabilities.shape[1:], dtype=np.uint16)
+    for index, value in enumerate(regions_class_order):
+        segmentation[probabilities[index] > 0.5] = int(value)
+    return segmentation
+
+
+def segmentation_from_probabilities(
+    probabilities: np.ndarray, *, regions_class_order: Sequence[int] | None = None
+) -> np.ndarray:
+    """Class probabilities -> argmax label map; per-region sigmoid maps (a region plan) -> the regions' label map."""
+    if regions_class_order:
+        return regions_to_segmentation(probabilities, regions_class_order)
+    return argmax_segmentation(probabilities)

@@ -65,4 +65,10 @@ def apply_postprocessing(seg: np.ndarray, decision: dict | None) -> np.ndarray:
     per_label = decision.get("per_label_lcc") or []
     if per_label:
         seg = keep_largest_component(seg, labels=per_label)
+    regions = decision.get("per_region_lcc") or []  # region datasets: one region (its values) after the other
+    if regions:
+        seg = seg.copy()
+        for values in regions:
+            mask = np.isin(seg, values)
+            seg[mask & ~largest_component_mask(mask)] = 0
     return seg

@@ -45,11 +45,13 @@ def resample_class_back(class_map: np.ndarray, *, properties: dict, plan: Config
 def revert_probabilities(probabilities: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
     """(K, Z, Y, X) class probabilities (or logits) -> float32 (K, *shape_before_cropping).
 
-    Outside the crop box the background channel is 1 and the others 0, as nnU-Net writes saved probabilities.
+    Outside the crop box the background channel is 1 and the others 0, as nnU-Net writes saved probabilities; a
+    region plan's maps are all 0 there (no region).
     """
     probabilities = np.asarray(probabilities)
     out = np.zeros((probabilities.shape[0], *properties["shape_before_cropping"]), dtype=np.float32)
-    out[0] = 1.0
+    if not plan.has_regions:
+        out[0] = 1.0
     box = _box(properties)
     for k in range(probabilities.shape[0]):
         out[(k, *box)] = resample_class_back(probabilities[k], properties=properties, plan=plan)
@@ -62,8 +64,20 @@ def probabilities_to_segmentation(
     """Argmax of the resampled class maps (probabilities or logits), uncropped: (Z, Y, X) uint8 or uint16.
 
     Holds one resampled class and the running maximum at a time; ties keep the lower class, as argmax does.
+    A region plan's per-region sigmoid maps are thresholded at 0.5 instead, region by region in
+    `regions_class_order` (nnU-Net's conversion), each writing its label value.
     """
     probabilities = np.asarray(probabilities)
+    if plan.has_regions:
+        order = plan.regions_class_order or ()
+        if len(order) != probabilities.shape[0]:
+            raise ValueError(f"{probabilities.shape[0]} region maps but regions_class_order {list(order)}")
+        segmentation = np.zeros(properties["shape_after_cropping"], dtype=np.uint16)
+        for index, value in enumerate(order):
+            segmentation[resample_class_back(probabilities[index], properties=properties, plan=plan) > 0.5] = value
+        out = np.zeros(properties["shape_before_cropping"], dtype=np.uint16)
+        out[_box(properties)] = segmentation
+        return out
     n_classes = probabilities.shape[0]
     dtype = label_dtype(n_classes)
     best = resample_class_back(probabilities[0], properties=properties, plan=plan)

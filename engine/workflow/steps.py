@@ -207,6 +207,7 @@ def _postprocess(project: Project, spec: ExperimentSpec, configuration: str, fol
     )
     kept = ["largest foreground component"] if decision.get("foreground_lcc") else []
     kept += [f"largest component of label {v}" for v in decision.get("per_label_lcc", [])]
+    kept += [f"largest component of region {v}" for v in decision.get("per_region_lcc", [])]
     return "postprocessing: " + (", ".join(kept) if kept else "none helps")
 
 
