@@ -210,7 +210,8 @@ def test_error_is_an_ingest_error_in_python(stored):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_ingest_leaves_catalog_as_it_was(tmp_path, stored, sig):
     project, _, before = stored
-    big = write_demo_dataset(tmp_path / "many", cases=24, test_cases=0, seed=2, shape=(24, 48, 48))
+    # enough cases that the signal lands mid-ingest even when this test process is starved of CPU for seconds
+    big = write_demo_dataset(tmp_path / "many", cases=40, test_cases=0, seed=2, shape=(24, 48, 48))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen(
         [
@@ -236,6 +237,7 @@ def test_interrupted_ingest_leaves_catalog_as_it_was(tmp_path, stored, sig):
         staged = list((project.store_path / "many").glob(".raw-staging-*/demo_*/label"))
         time.sleep(0.05)
     assert len(staged) >= 3, "ingest did not start writing cases"
+    assert process.poll() is None, "ingest finished before it could be interrupted: the test needs more cases"
     process.send_signal(sig)
     process.wait(timeout=60)
     assert process.returncode != 0
@@ -244,5 +246,5 @@ def test_interrupted_ingest_leaves_catalog_as_it_was(tmp_path, stored, sig):
     assert {k: v for k, v in after["files"].items() if "/many/" not in k} == before["files"]
     # The next ingest cleans up whatever a hard kill left and completes.
     result = ingest_dataset(big, name="many", project=project, workers=2)
-    assert result.n_train == 24
+    assert result.n_train == 40
     assert [p.name for p in (project.store_path / "many").iterdir() if p.is_dir()] == ["raw"]
