@@ -230,6 +230,8 @@ def test_interrupted_ingest_leaves_catalog_as_it_was(tmp_path, stored, sig):
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        # a shell's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     staged = []
