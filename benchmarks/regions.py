@@ -24,7 +24,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -38,41 +37,11 @@ from benchmarks.common import (
     voxelbase_command,
     write_results,
 )
+from benchmarks.learning import install_trainer  # the same budget variant, seed 0
 
 IDS = {"brats": 921, "dense": 922, "sparse": 923}
 REGIONS = {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)}
 CT_LABELS = {1: "liver", 2: "tumor", 3: "kidney"}
-
-TRAINER_TEMPLATE = '''"""Budget variant for a side-by-side benchmark: only the training length differs from nnUNetTrainer."""
-import torch
-
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-
-class {name}(nnUNetTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = {epochs}
-        self.num_iterations_per_epoch = {iterations}
-        self.num_val_iterations_per_epoch = {val_iterations}
-'''
-
-
-def install_trainer(*, epochs: int, iterations: int, val_iterations: int) -> str:
-    """nnU-Net's trainer for this budget, written into nnU-Net's own package (where its class search finds it)."""
-    name = f"nnUNetTrainer_vbregions{epochs}x{iterations}x{val_iterations}"
-    package = subprocess.run(
-        [str(NNUNET_VENV / "bin" / "python"), "-c", "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    target = Path(package) / "training" / "nnUNetTrainer" / "variants" / "training_length" / f"{name}.py"
-    text = TRAINER_TEMPLATE.format(name=name, epochs=epochs, iterations=iterations, val_iterations=val_iterations)
-    if not target.exists() or target.read_text() != text:
-        target.write_text(text)
-    return name
 
 
 def spec_text(name: str, dataset: str, folds: list[int], budget: dict) -> str:

@@ -95,6 +95,11 @@ def run_cli(project: Project, *args: str, expect_ok: bool = True):
     return result
 
 
+def sql_rows(project: Project, query: str) -> list[dict]:
+    """Rows of `voxelbase sql QUERY --format json`, as the CLI prints them."""
+    return json.loads(run_cli(project, "sql", query, "--format", "json").output)
+
+
 def volume_digest(path: Path) -> str:
     """sha256 of a volume as SimpleITK reads it: dtype, shape and voxel bytes, then spacing, origin, direction."""
     import SimpleITK as sitk

@@ -204,7 +204,8 @@ def test_quick_demo_kind_has_larger_structures_in_separate_intensity_bands(tmp_p
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(quick / "imagesTr" / f"{name}_0000.nii.gz")))
         medians = {value: float(np.median(image[large == value])) for value in (1, 2, 3)}
         body = float(np.median(image[(large == 0) & (image > -500)]))
-        assert body + 30 < medians[1] < medians[2] - 40 < medians[3] - 40, (medians, body)  # body, liver, tumour, kidney
+        # bands in order: body, liver, tumour, kidney
+        assert body + 30 < medians[1] < medians[2] - 40 < medians[3] - 40, (medians, body)
 
 
 def test_unknown_demo_kind_is_refused(tmp_path):

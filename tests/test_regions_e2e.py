@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, sql_rows
 from voxelbase.images import read_image, read_probabilities
 from voxelbase.project import Project
 
@@ -26,10 +26,6 @@ save_probabilities = true
 [predict]
 tta = false
 """
-
-
-def _sql(project: Project, query: str) -> list[dict]:
-    return json.loads(run_cli(project, "sql", query, "--format", "json").output)
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +68,14 @@ def test_the_plan_has_one_sigmoid_output_per_region(finished):
 
 def test_validation_is_scored_per_region_named_with_its_label_list(finished):
     _, project = finished
-    rows = _sql(
+    rows = sql_rows(
         project,
         "SELECT DISTINCT m.label, m.region, l.region_values, l.value FROM metrics m JOIN runs r USING (run_id) "
         "JOIN labels l ON l.dataset = 'brats' AND l.name = m.region WHERE r.kind = 'train' ORDER BY m.label",
     )
     assert [(r["label"], r["region"]) for r in rows] == list(enumerate(REGIONS, 1))
     assert rows[0]["region_values"] == [1, 2, 3] and rows[2]["value"] == 3
-    epochs = _sql(project, "SELECT val_dice FROM epochs")
+    epochs = sql_rows(project, "SELECT val_dice FROM epochs")
     assert epochs and all(len(e["val_dice"]) == 3 for e in epochs)
 
 
@@ -101,15 +97,17 @@ def test_saved_probabilities_are_per_region_sigmoid_maps_and_the_segmentation_th
 
 def test_postprocessing_ensemble_and_selection_work_on_regions(finished):
     _, project = finished
-    decisions = {r["configuration"]: json.loads(r["decision"]) for r in _sql(project, "SELECT * FROM postprocessing")}
+    decisions = {
+        r["configuration"]: json.loads(r["decision"]) for r in sql_rows(project, "SELECT * FROM postprocessing")
+    }
     assert "3d_fullres" in decisions and "ensemble:2d+3d_fullres" in decisions
     for decision in decisions.values():
         assert "per_region_lcc" in decision and set(decision["region_names"].values()) == set(REGIONS)
-    ensemble = _sql(project, "SELECT DISTINCT region FROM metrics JOIN runs USING (run_id) WHERE kind = 'ensemble'")
+    ensemble = sql_rows(project, "SELECT DISTINCT region FROM metrics JOIN runs USING (run_id) WHERE kind = 'ensemble'")
     assert {r["region"] for r in ensemble} == set(REGIONS)
-    ranking = _sql(project, "SELECT configuration, n_labels, mean_dice FROM configuration_ranking")
+    ranking = sql_rows(project, "SELECT configuration, n_labels, mean_dice FROM configuration_ranking")
     assert ranking and all(r["n_labels"] <= 3 for r in ranking)
-    assert _sql(project, "SELECT choice FROM selections")
+    assert sql_rows(project, "SELECT choice FROM selections")
 
 
 def test_predict_evaluate_and_compare_name_the_regions(finished):
@@ -143,7 +141,7 @@ def test_predict_evaluate_and_compare_name_the_regions(finished):
         "--workers",
         "1",
     )
-    scored = _sql(project, "SELECT e.name, e.regions, m.region FROM evaluations e JOIN metrics m USING (run_id)")
+    scored = sql_rows(project, "SELECT e.name, e.regions, m.region FROM evaluations e JOIN metrics m USING (run_id)")
     for name in ("by_dataset", "by_folder"):
         assert {r["region"] for r in scored if r["name"] == name} == set(REGIONS)
         assert next(r["regions"] for r in scored if r["name"] == name) == REGIONS

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, sql_rows
 from voxelbase.images import read_image
 from voxelbase.project import Project
 from voxelbase.store.layout import case_dir
@@ -28,10 +28,6 @@ num_workers = 1
 [predict]
 tta = false
 """
-
-
-def _sql(project: Project, query: str) -> list[dict]:
-    return json.loads(run_cli(project, "sql", query, "--format", "json").output)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +69,7 @@ def test_the_network_has_no_output_for_the_ignore_label_and_never_predicts_it(fi
 
 def test_class_locations_never_fall_on_ignored_voxels(finished):
     _, project = finished
-    rows = _sql(project, "SELECT case_id, label, z, y, x FROM class_locations WHERE dataset = 'sparse'")
+    rows = sql_rows(project, "SELECT case_id, label, z, y, x FROM class_locations WHERE dataset = 'sparse'")
     assert {-1, 1} <= {r["label"] for r in rows}  # the annotated voxels' key and the classes
     arrays = {}
     for row in rows:
@@ -87,7 +83,7 @@ def test_class_locations_never_fall_on_ignored_voxels(finished):
 
 def test_validation_metrics_leave_ignored_voxels_out(finished):
     _, project = finished
-    rows = _sql(
+    rows = sql_rows(
         project,
         "SELECT m.case_id, m.label, m.tp, m.fp, m.fn, r.fold FROM metrics m JOIN runs r USING (run_id) "
         "WHERE r.kind = 'train' ORDER BY m.case_id, m.label",
@@ -108,8 +104,8 @@ def test_validation_metrics_leave_ignored_voxels_out(finished):
 
 def test_predict_evaluate_against_dense_labels_and_compare(finished):
     root, project = finished
-    assert _sql(project, "SELECT choice FROM selections")
-    assert _sql(project, "SELECT decision FROM postprocessing")
+    assert sql_rows(project, "SELECT choice FROM selections")
+    assert sql_rows(project, "SELECT decision FROM postprocessing")
     out = root / "predicted"
     run_cli(
         project,
@@ -137,7 +133,7 @@ def test_predict_evaluate_against_dense_labels_and_compare(finished):
     run_cli(project, "evaluate", str(validation), "--dataset", "sparse", "--name", "sparse_labels", "--workers", "1")
     counts = {
         r["name"]: r["n_ref"]
-        for r in _sql(
+        for r in sql_rows(
             project,
             "SELECT e.name, sum(m.n_ref) AS n_ref FROM evaluations e JOIN metrics m USING (run_id) GROUP BY e.name",
         )
