@@ -195,6 +195,13 @@ def preprocess(ctx: click.Context, name: str, configuration: str, plan_name: str
     "minutes (make demo); brats: 4-channel MR with nested tumour regions (region labels).",
 )
 @click.option(
+    "--coarse-axis",
+    type=click.Choice(["z", "y", "x"]),
+    default="z",
+    show_default=True,
+    help="ct kinds: the thick-slice axis (nnU-Net's 2d then cuts slices along it).",
+)
+@click.option(
     "--sparse-from",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     default=None,
@@ -214,6 +221,7 @@ def demo_data(
     seed: int,
     shape: tuple[int, int, int],
     kind: str,
+    coarse_axis: str,
     sparse_from: Path | None,
     keep_every: int,
 ) -> None:
@@ -227,11 +235,16 @@ def demo_data(
     if kind == "brats":
         from voxelbase.ingest.demo_brats import write_brats_dataset
 
+        if coarse_axis != "z":
+            raise click.UsageError("--coarse-axis applies to the ct kinds (brats volumes are isotropic)")
+
         write_brats_dataset(out, cases=cases, test_cases=test_cases, seed=seed, shape=shape)
     else:
         from voxelbase.ingest.demo import write_demo_dataset
 
-        write_demo_dataset(out, cases=cases, test_cases=test_cases, seed=seed, shape=shape, kind=kind)
+        write_demo_dataset(
+            out, cases=cases, test_cases=test_cases, seed=seed, shape=shape, kind=kind, coarse_axis=coarse_axis
+        )
     click.echo(f"wrote {cases} training and {test_cases} test cases to {out}")
 
 

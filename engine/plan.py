@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 ANISOTROPY_THRESHOLD = 3.0  # one threshold for the planner's target spacing and the resampler's separate-z rule
 
 # nnU-Net's resampling defaults: what a plan made before `resampling` was recorded gets
@@ -260,6 +262,21 @@ class ConfigurationPlan:
         return out
 
     @property
+    def axes_forward(self) -> tuple[int, int, int]:
+        """How this configuration's stored arrays order a case's (z, y, x) axes. A 2-D configuration cuts slices
+        along the case's coarsest axis, so it works in nnU-Net's transposed order (`transpose_forward`): stored
+        arrays, their shapes, crop boxes, spacings and class locations all follow it, and outputs are transposed back.
+        3-D configurations are stated in (z, y, x) (the planner untransposes them) and stored so."""
+        if self.architecture.conv_dims == 2:
+            return tuple(int(a) for a in self.transpose_forward)  # type: ignore[return-value]
+        return (0, 1, 2)
+
+    @property
+    def axes_backward(self) -> tuple[int, int, int]:
+        """The inverse of `axes_forward`: stored axis order -> (z, y, x)."""
+        return tuple(int(a) for a in np.argsort(self.axes_forward))  # type: ignore[return-value]
+
+    @property
     def foreground_labels(self) -> list[int]:
         """The class indices scored as foreground: 1 .. num_classes - 1; for regions 1 .. number of regions (the
         output channel plus one)."""
@@ -322,7 +339,8 @@ class ConfigurationPlan:
         return max(int(v) for v in values) + 1
 
     def target_spacing(self, case_spacing) -> tuple[float, ...]:
-        """The (z, y, x) spacing a case is resampled to; a 2-D plan keeps the case's own slice spacing along z."""
+        """The spacing a case (given in this plan's `axes_forward` order) is resampled to; a 2-D plan keeps the
+        case's own spacing along its first axis, the one slices are cut along."""
         planned = [float(s) for s in self.spacing]
         if len(planned) == 2:
             planned = [float(case_spacing[0]), *planned]

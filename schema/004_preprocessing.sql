@@ -1,5 +1,7 @@
 -- Preprocessed cases (crop, normalize, resample into store/<dataset>/<plan>/<configuration>/<case>) and the
--- class locations the loader oversamples foreground from. Shapes and coordinates are in (z, y, x) order.
+-- class locations the loader oversamples foreground from. Shapes, spacings, boxes and coordinates are in the stored
+-- arrays' axis order: (z, y, x), except for a 2d configuration of a case whose coarsest axis is y or x, which is
+-- stored in nnU-Net's transposed order (the plan's transpose_forward; columns z, y, x then name array axes 0, 1, 2).
 
 CREATE TABLE preprocessed_cases (
     dataset                VARCHAR NOT NULL,

@@ -19,7 +19,7 @@ from voxelbase.inference.nnunet_window import nnunet_fold_logits
 from voxelbase.inference.sliding_window import predict_logits
 from voxelbase.plan import ConfigurationPlan
 from voxelbase.spec import ExperimentSpec, mirror_axes_for
-from voxelbase.volumes.revert import resample_class_back
+from voxelbase.volumes.revert import resample_class_back, to_case_axes
 
 
 def predicts_logits(plan: ConfigurationPlan) -> bool:
@@ -45,7 +45,7 @@ def revert_logits(logits: np.ndarray, *, properties: dict, plan: ConfigurationPl
     out[0] = 1.0
     b = [int(v) for v in properties["bbox"]]
     out[:, b[0] : b[1], b[2] : b[3], b[4] : b[5]] = probabilities
-    return out
+    return to_case_axes(out, plan)
 
 
 def predict_probabilities(

@@ -19,6 +19,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 LABELS = {"background": 0, "liver": 1, "tumor": 2, "kidney": 3}
+# where the generated (thick, in-plane, in-plane) axes go: written array = generated.transpose(COARSE_AXES[axis])
+COARSE_AXES = {"z": (0, 1, 2), "y": (1, 0, 2), "x": (1, 2, 0)}
 ORIENTATIONS = [  # ITK direction matrices: identity, LPS-like flip, a rotation about z
     (1, 0, 0, 0, 1, 0, 0, 0, 1),
     (-1, 0, 0, 0, -1, 0, 0, 0, 1),
@@ -111,18 +113,30 @@ def write_demo_dataset(
     seed: int = 0,
     shape: tuple[int, int, int] = (32, 64, 64),
     kind: str = "ct",
+    coarse_axis: str = "z",
 ) -> Path:
-    """Write `cases` labelled and `test_cases` unlabelled cases of a kind in KINDS to `out` (nnU-Net v2 raw layout)."""
+    """Write `cases` labelled and `test_cases` unlabelled cases of a kind in KINDS to `out` (nnU-Net v2 raw layout).
+
+    `coarse_axis` puts the thick-slice axis (about 3 mm against 0.8 mm) on z, y or x of the written volumes; `shape`
+    is always the written (z, y, x). With y or x, nnU-Net transposes the data for its 2d configuration.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown demo data kind {kind!r}; known: {', '.join(KINDS)}")
+    if coarse_axis not in COARSE_AXES:
+        raise ValueError(f"coarse_axis must be one of z, y, x, got {coarse_axis!r}")
     anatomy = KINDS[kind]
+    move = COARSE_AXES[coarse_axis]  # generated (thick, a, b) -> written order
+    drawn_shape = tuple(shape[a] for a in np.argsort(move))
     out = Path(out)
     rng = np.random.default_rng(seed)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for index in range(cases + test_cases):
         case_id = f"demo_{index:03d}"
-        image, label, spacing = demo_case(rng, shape, anatomy)
+        image, label, spacing = demo_case(rng, drawn_shape, anatomy)
+        if coarse_axis != "z":
+            image, label = image.transpose(move), label.transpose(move)
+            spacing = tuple(spacing[a] for a in move)
         origin = tuple(float(v) for v in rng.uniform(-150, 150, 3))
         direction = ORIENTATIONS[index % len(ORIENTATIONS)]
         folder = "imagesTr" if index < cases else "imagesTs"

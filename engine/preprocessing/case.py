@@ -30,12 +30,21 @@ def preprocess_case(
     label) and the properties needed to undo it: spacing, target_spacing, shape_before_cropping, bbox (z0, z1, y0,
     y1, x0, x1 half-open), shape_after_cropping, shape_after_resampling and class_locations
     ({label: (k, 3) int32 (z, y, x)}; empty without a label).
+
+    A plan whose `axes_forward` is not the identity (2d along a coarse y or x axis) first transposes the case as
+    nnU-Net does: the returned arrays and every property (spacing included) are then in that transposed order,
+    and `voxelbase.volumes.revert` transposes outputs back.
     """
     if image.ndim != 4:
         raise ValueError(f"expected an image of shape (C, Z, Y, X), got {image.shape}")
     if label is not None and label.shape != image.shape[1:]:
         raise ValueError(f"label shape {label.shape} differs from the image's {image.shape[1:]}")
     spacing = tuple(float(s) for s in spacing)
+    forward = plan.axes_forward
+    if forward != (0, 1, 2):
+        image = image.transpose(0, *(a + 1 for a in forward))
+        label = None if label is None else label.transpose(forward)
+        spacing = tuple(spacing[a] for a in forward)
     cropped = crop_to_nonzero(image, label)
     new_spacing = plan.target_spacing(spacing)
     new_shape = compute_new_shape(cropped.image.shape[1:], spacing=spacing, new_spacing=new_spacing)

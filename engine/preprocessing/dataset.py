@@ -105,12 +105,15 @@ def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
         chunks = patch_chunks(image.shape[1:], task.plan.patch_size)
-        write_array(partial / "image", image, chunks=(1, *chunks))
+        axes = tuple("zyx"[a] for a in task.plan.axes_forward)  # the stored order (transposed 2d: e.g. x, z, y)
+        write_array(partial / "image", image, chunks=(1, *chunks), axes=("c", *axes))
         if label is not None:
-            write_array(partial / "label", label.astype(_label_dtype(label)), chunks=chunks)
+            write_array(partial / "label", label.astype(_label_dtype(label)), chunks=chunks, axes=axes)
         raw = read_case_geometry(case_dir(project, task.dataset, task.case_id))
-        start, spacing = properties["bbox"][0::2], properties["target_spacing"]
-        write_case_group(partial, raw and raw.cropped(start, spacing=spacing), case_id=task.case_id)
+        backward = task.plan.axes_backward  # the geometry is recorded in (z, y, x)
+        start = [properties["bbox"][0::2][b] for b in backward]
+        spacing = [properties["target_spacing"][b] for b in backward]
+        write_case_group(partial, raw and raw.cropped(start, spacing=spacing), case_id=task.case_id, axes=axes)
         (partial / HASH_FILE).write_text(task.input_hash)
         if final.exists():
             shutil.rmtree(final)

@@ -15,7 +15,7 @@ from voxelbase.planning import PlanningError, load_plan
 from voxelbase.project import Project
 
 # Bump when the preprocessing numbers change, so that stored cases are redone.
-PREPROCESSING_VERSION = "1"
+PREPROCESSING_VERSION = "2"  # 2: a 2-D plan transposes a case whose coarsest axis is not z
 
 
 class PreprocessingError(VoxelbaseError, RuntimeError):

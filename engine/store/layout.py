@@ -69,16 +69,23 @@ def patch_chunks(shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, 
     return tuple(max(1, min(int(s), math.ceil(p / 2))) for s, p in zip(shape, patch))
 
 
-def write_array(path: Path, data: np.ndarray, *, chunks: Sequence[int], cname: str = "zstd") -> zarr.Array:
+def write_array(
+    path: Path,
+    data: np.ndarray,
+    *,
+    chunks: Sequence[int],
+    cname: str = "zstd",
+    axes: Sequence[str] | None = None,
+) -> zarr.Array:
     """Write one array as a Zarr v3 array at `path` (overwriting), its axes named (c, z, y, x) or (z, y, x) as
-    OME-Zarr wants (see `voxelbase.store.ome`)."""
+    OME-Zarr wants (see `voxelbase.store.ome`), or `axes` when the array stores them in another order."""
     array = zarr.create_array(
         store=str(path),
         shape=data.shape,
         dtype=data.dtype,
         chunks=tuple(int(c) for c in chunks),
         compressors=[compressor(cname=cname)],
-        dimension_names=dimension_names(data.ndim),
+        dimension_names=tuple(axes) if axes is not None else dimension_names(data.ndim),
         zarr_format=3,
         overwrite=True,
     )

@@ -5,7 +5,9 @@ Every folder from the store root down to each case is a Zarr group (`zarr.json` 
 
 - `ome`: OME-Zarr 0.5 image metadata. One multiscale with a single level, the `image` array (C, Z, Y, X), axes
   `c` (channel) and `z`, `y`, `x` (space, millimeter), and a `scale` (1, spacing) and `translation` (0, origin)
-  coordinate transformation, so an OME-Zarr reader opens the case at its physical scale. OME-Zarr 0.5 has no
+  coordinate transformation, so an OME-Zarr reader opens the case at its physical scale. A 2d stage of a
+  dataset whose coarsest axis is y or x stores its arrays in nnU-Net's transposed order: its axes are named so
+  (e.g. `c, x, z, y`) and the scale and translation follow. OME-Zarr 0.5 has no
   rotation, so the translation is the ITK origin and is exact only for an identity direction.
 - `voxelbase`: spacing, origin and direction as the catalog records them ((z, y, x) order; direction is ITK's
   3x3 matrix with rows and columns reversed to (z, y, x), row-major), plus the same three in ITK's own (x, y, z)
@@ -147,7 +149,9 @@ def _axes(names: Sequence[str]) -> list[dict]:
 
 
 def _multiscale(name: str, path: str, names: Sequence[str], geometry: CaseGeometry) -> dict:
-    pad = [1.0] * (len(names) - 3), [0.0] * (len(names) - 3)
+    """`names` in the array's own axis order (a transposed 2-D stage stores e.g. (c, x, z, y)): scale and
+    translation follow it."""
+    spacing, origin = dict(zip(LABEL_AXES, geometry.spacing)), dict(zip(LABEL_AXES, geometry.origin))
     return {
         "name": name,
         "axes": _axes(names),
@@ -155,8 +159,8 @@ def _multiscale(name: str, path: str, names: Sequence[str], geometry: CaseGeomet
             {
                 "path": path,
                 "coordinateTransformations": [
-                    {"type": "scale", "scale": [*pad[0], *geometry.spacing]},
-                    {"type": "translation", "translation": [*pad[1], *geometry.origin]},
+                    {"type": "scale", "scale": [spacing.get(n, 1.0) for n in names]},
+                    {"type": "translation", "translation": [origin.get(n, 0.0) for n in names]},
                 ],
             }
         ],
@@ -173,13 +177,16 @@ def _itk(geometry: CaseGeometry) -> dict:
     }
 
 
-def case_attributes(case_id: str, geometry: CaseGeometry, *, has_label: bool) -> dict:
-    """The case group's attributes: `ome` (OME-Zarr 0.5 image) and `voxelbase` (full geometry)."""
+def case_attributes(
+    case_id: str, geometry: CaseGeometry, *, has_label: bool, axes: Sequence[str] = LABEL_AXES
+) -> dict:
+    """The case group's attributes: `ome` (OME-Zarr 0.5 image) and `voxelbase` (full geometry, always in (z, y, x);
+    `axes` is the order the arrays store them in)."""
     return {
-        "ome": {"version": OME_VERSION, "multiscales": [_multiscale(case_id, "image", IMAGE_AXES, geometry)]},
+        "ome": {"version": OME_VERSION, "multiscales": [_multiscale(case_id, "image", ("c", *axes), geometry)]},
         "voxelbase": {
             "case_id": case_id,
-            "axes": list(LABEL_AXES),
+            "axes": list(axes),
             "spacing": list(geometry.spacing),
             "origin": list(geometry.origin),
             "direction": list(geometry.direction),
@@ -199,7 +206,7 @@ def read_case_geometry(case_directory: Path) -> CaseGeometry | None:
     return CaseGeometry.of(found["spacing"], found["origin"], found["direction"])
 
 
-def _link_label(case_directory: Path, case_id: str, geometry: CaseGeometry) -> None:
+def _link_label(case_directory: Path, case_id: str, geometry: CaseGeometry, axes: Sequence[str]) -> None:
     """`labels/label` as an OME-Zarr image-label whose one level is a symlink to `../../label` (see module doc)."""
     labels = case_directory / LABELS_GROUP
     image_label = labels / LABEL_NAME
@@ -221,16 +228,23 @@ def _link_label(case_directory: Path, case_id: str, geometry: CaseGeometry) -> N
             "ome": {
                 "version": OME_VERSION,
                 "image-label": {"version": OME_VERSION, "source": {"image": "../../"}},
-                "multiscales": [_multiscale(f"{case_id}/label", LABEL_LEVEL, LABEL_AXES, geometry)],
+                "multiscales": [_multiscale(f"{case_id}/label", LABEL_LEVEL, axes, geometry)],
             }
         },
     )
 
 
-def write_case_group(case_directory: Path, geometry: CaseGeometry | None, *, case_id: str | None = None) -> None:
+def write_case_group(
+    case_directory: Path,
+    geometry: CaseGeometry | None,
+    *,
+    case_id: str | None = None,
+    axes: Sequence[str] = LABEL_AXES,
+) -> None:
     """Make a stored case (arrays already written) a described group: its node and attributes, the arrays' axis
     names and the label image. Without a geometry only the group node is written (`upgrade_store` adds the rest).
-    `case_id` defaults to the folder's name (give it when writing under a temporary name)."""
+    `case_id` defaults to the folder's name (give it when writing under a temporary name); `axes` names the
+    arrays' spatial axes in their stored order."""
     case_id = case_id or case_directory.name
     has_label = (case_directory / "label" / NODE).is_file()
     for array in ("image", "label"):
@@ -238,9 +252,9 @@ def write_case_group(case_directory: Path, geometry: CaseGeometry | None, *, cas
     if geometry is None:
         ensure_group(case_directory)
         return
-    ensure_group(case_directory, attributes=case_attributes(case_id, geometry, has_label=has_label))
+    ensure_group(case_directory, attributes=case_attributes(case_id, geometry, has_label=has_label, axes=axes))
     if has_label:
-        _link_label(case_directory, case_id, geometry)
+        _link_label(case_directory, case_id, geometry, axes)
 
 
 # --- upgrading a store written before these nodes existed ------------------------------------------------------------

@@ -15,6 +15,16 @@ from voxelbase.volumes.combine import label_dtype
 from voxelbase.volumes.resample import resample_image, resample_label
 
 
+def to_case_axes(array: np.ndarray, plan: ConfigurationPlan) -> np.ndarray:
+    """An uncropped (..., A, B, C) array in the plan's stored axis order -> the case's (z, y, x) order (a view
+    when the plan does not transpose; see `ConfigurationPlan.axes_forward`)."""
+    backward = plan.axes_backward
+    if backward == (0, 1, 2):
+        return array
+    lead = array.ndim - 3
+    return np.ascontiguousarray(array.transpose(*range(lead), *(b + lead for b in backward)))
+
+
 def _box(properties: dict) -> tuple[slice, slice, slice]:
     b = [int(v) for v in properties["bbox"]]
     return slice(b[0], b[1]), slice(b[2], b[3]), slice(b[4], b[5])
@@ -43,7 +53,7 @@ def resample_class_back(class_map: np.ndarray, *, properties: dict, plan: Config
 
 
 def revert_probabilities(probabilities: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
-    """(K, Z, Y, X) class probabilities (or logits) -> float32 (K, *shape_before_cropping).
+    """(K, Z, Y, X) class probabilities (or logits) -> float32 (K, *shape_before_cropping), in (z, y, x).
 
     Outside the crop box the background channel is 1 and the others 0, as nnU-Net writes saved probabilities; a
     region plan's maps are all 0 there (no region).
@@ -55,7 +65,7 @@ def revert_probabilities(probabilities: np.ndarray, *, properties: dict, plan: C
     box = _box(properties)
     for k in range(probabilities.shape[0]):
         out[(k, *box)] = resample_class_back(probabilities[k], properties=properties, plan=plan)
-    return out
+    return to_case_axes(out, plan)
 
 
 def probabilities_to_segmentation(
@@ -77,7 +87,7 @@ def probabilities_to_segmentation(
             segmentation[resample_class_back(probabilities[index], properties=properties, plan=plan) > 0.5] = value
         out = np.zeros(properties["shape_before_cropping"], dtype=np.uint16)
         out[_box(properties)] = segmentation
-        return out
+        return to_case_axes(out, plan)
     n_classes = probabilities.shape[0]
     dtype = label_dtype(n_classes)
     best = resample_class_back(probabilities[0], properties=properties, plan=plan)
@@ -90,7 +100,7 @@ def probabilities_to_segmentation(
         del score, better
     out = np.zeros(properties["shape_before_cropping"], dtype=dtype)
     out[_box(properties)] = winner
-    return out
+    return to_case_axes(out, plan)
 
 
 def revert_segmentation(segmentation: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
@@ -104,7 +114,7 @@ def revert_segmentation(segmentation: np.ndarray, *, properties: dict, plan: Con
     )
     out = np.zeros(properties["shape_before_cropping"], dtype=segmentation.dtype)
     out[_box(properties)] = resampled
-    return out
+    return to_case_axes(out, plan)
 
 
 def revert_to_original(probabilities_or_seg: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:

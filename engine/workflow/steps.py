@@ -73,6 +73,10 @@ def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
     spec = pinned(spec)
     dataset, plan = spec.dataset, spec.train.plan
     folds = [str(f) for f in spec.train.folds]
+    # postprocessing, ensembles and selection are decided on held-out cases: numbered folds only (fold "all"
+    # validates on its own training cases, as nnU-Net's does, and is never used to choose)
+    cross_validation = [f for f in folds if f != "all"]
+    decide = spec.train.validate and bool(cross_validation)
     configurations = list(spec.train.configurations)
     steps: list[Step] = []
     if spec.ingest is not None:
@@ -144,29 +148,29 @@ def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
                     stages=("evaluation",),
                 )
             )
-        if spec.train.validate:
+        if decide:
             steps.append(
                 Step(
                     f"postprocess:{c}",
                     lambda c=c: _postprocess(project, spec, c),
-                    after=tuple(f"validate:{c}:{f}" for f in folds),  # decided on segmentations: Dice only
+                    after=tuple(f"validate:{c}:{f}" for f in cross_validation),  # on segmentations: Dice only
                     uses_results=True,
                     stages=("evaluation",),
                 )
             )
-    if spec.train.validate and spec.train.save_probabilities and len(configurations) > 1:
+    if decide and spec.train.save_probabilities and len(configurations) > 1:
         for a, b in itertools.combinations(sorted(configurations), 2):
             steps.append(
                 Step(
                     f"ensemble:{a}+{b}",
                     lambda a=a, b=b: _ensemble(project, spec, (a, b)),
                     settings=scoring_settings,
-                    after=tuple(f"validate:{x}:{f}" for x in (a, b) for f in folds),
+                    after=tuple(f"validate:{x}:{f}" for x in (a, b) for f in cross_validation),
                     uses_results=True,
                     stages=("evaluation",),
                 )
             )
-    if spec.train.validate:
+    if decide:
         steps.append(
             Step(
                 "select",
@@ -201,7 +205,9 @@ def _score(project: Project, spec: ExperimentSpec, configuration: str, fold: str
 def _postprocess(project: Project, spec: ExperimentSpec, configuration: str, folders: list[Path] | None = None) -> str:
     """nnU-Net's postprocessing decision on the cross-validation predictions of a configuration (or ensemble)."""
     if folders is None:
-        folders = [project.run_dir(spec.name, configuration, str(f)) / "validation" for f in spec.train.folds]
+        folders = [
+            project.run_dir(spec.name, configuration, str(f)) / "validation" for f in spec.train.folds if str(f) != "all"
+        ]
     decision = postprocessing.determine_postprocessing(
         spec.name, configuration, pred_dirs=folders, dataset=spec.dataset, project=project
     )
