@@ -94,6 +94,9 @@ class Resampling:
     order_z: int = 0
     force_separate_z: bool | None = None
     anisotropy_threshold: float = ANISOTROPY_THRESHOLD
+    # images resampled in float64 slice by slice exactly as nnU-Net does (bit-identical, several times slower):
+    # what an imported nnU-Net model uses, so that its predictions agree with nnU-Net's own to the last float16 step
+    bit_exact: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping | None) -> Resampling:
@@ -105,10 +108,11 @@ class Resampling:
             order_z=int(merged["order_z"]),
             force_separate_z=merged["force_separate_z"],
             anisotropy_threshold=float(merged["anisotropy_threshold"]),
+            bit_exact=bool(merged.get("bit_exact", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "image_order": self.image_order,
             "label_order": self.label_order,
             "probabilities_order": self.probabilities_order,
@@ -116,6 +120,9 @@ class Resampling:
             "force_separate_z": self.force_separate_z,
             "anisotropy_threshold": self.anisotropy_threshold,
         }
+        if self.bit_exact:  # written only when set: plans (and their hashes) made without it stay as they were
+            out["bit_exact"] = True
+        return out
 
 
 @dataclass(frozen=True)

@@ -271,6 +271,7 @@ def _resampling(entry: dict, where: str) -> dict:
         "order_z": int(order_z),
         "force_separate_z": force_separate_z,
         "anisotropy_threshold": ANISOTROPY_THRESHOLD,
+        "bit_exact": True,  # the model was trained on nnU-Net's float64 resampling: reproduce it bit for bit
     }
 
 

@@ -38,9 +38,11 @@ def _mirror_axes(plan: ConfigurationPlan, spec: ExperimentSpec) -> tuple[int, ..
 def revert_logits(logits: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
     """(K, Z, Y, X) logits at plan spacing -> float32 softmax probabilities (K, *shape_before_cropping), as nnU-Net
     reverts them: logits resampled per class, softmax, then uncropped (background 1 outside the crop box)."""
-    resampled = np.stack([resample_class_back(k, properties=properties, plan=plan) for k in np.asarray(logits)])
     # nnU-Net resamples its float16 logits into a float16 array, then takes the softmax in float32
-    probabilities = torch.softmax(torch.from_numpy(resampled.astype(np.float16)).float(), 0).numpy()
+    resampled = np.stack(
+        [resample_class_back(k, properties=properties, plan=plan, dtype=np.float16) for k in np.asarray(logits)]
+    )
+    probabilities = torch.softmax(torch.from_numpy(resampled).float(), 0).numpy()
     out = np.zeros((probabilities.shape[0], *properties["shape_before_cropping"]), dtype=np.float32)
     out[0] = 1.0
     b = [int(v) for v in properties["bbox"]]

@@ -57,7 +57,9 @@ def preprocess_case(
         "force_separate_z": settings.force_separate_z,
         "anisotropy_threshold": settings.anisotropy_threshold,
     }
-    out_image = resample_image(normalized, new_shape, order=settings.image_order, **common)
+    out_image = resample_image(
+        normalized, new_shape, order=settings.image_order, bit_exact=settings.bit_exact, **common
+    )
     del normalized
     out_label = None
     locations: dict[int, np.ndarray] = {}

@@ -177,9 +177,7 @@ def _itk(geometry: CaseGeometry) -> dict:
     }
 
 
-def case_attributes(
-    case_id: str, geometry: CaseGeometry, *, has_label: bool, axes: Sequence[str] = LABEL_AXES
-) -> dict:
+def case_attributes(case_id: str, geometry: CaseGeometry, *, has_label: bool, axes: Sequence[str] = LABEL_AXES) -> dict:
     """The case group's attributes: `ome` (OME-Zarr 0.5 image) and `voxelbase` (full geometry, always in (z, y, x);
     `axes` is the order the arrays store them in)."""
     return {

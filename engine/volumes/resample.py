@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 from scipy.ndimage import spline_filter1d
 
 from voxelbase.plan import ANISOTROPY_THRESHOLD  # one threshold for the planner and the resampler
@@ -157,17 +158,22 @@ def resample_image(
     order_z: int = 0,
     force_separate_z: bool | None = None,
     anisotropy_threshold: float = ANISOTROPY_THRESHOLD,
+    bit_exact: bool = False,
 ) -> np.ndarray:
     """Resample a (C, Z, Y, X) float image (or class probabilities/logits) to `new_shape`, as nnU-Net does.
 
     Separate-z: each slice is resampled in plane with `order` and clipped to that slice's range, then the coarse axis
     with `order_z` (no clipping, as nnU-Net's map_coordinates step). Otherwise all three axes with `order`, clipped
     to the channel's range. Returns float32; a shape that does not change returns the input unchanged.
+    `bit_exact` takes nnU-Net's own float64 path (`resample_image_nnunet`) instead of the separable float32 one,
+    which agrees with it to about one float32 step.
     """
     new_shape = tuple(int(s) for s in new_shape)
     if tuple(image.shape[1:]) == new_shape:
         return image
     rule = separate_z(spacing, new_spacing, force=force_separate_z, threshold=anisotropy_threshold)
+    if bit_exact:
+        return resample_image_nnunet(image, new_shape, order=order, order_z=order_z, rule=rule)
     out = np.empty((image.shape[0], *new_shape), dtype=np.float32)
     for c in range(image.shape[0]):
         channel = image[c]
@@ -177,6 +183,54 @@ def resample_image(
             out[c] = resize_axis(resized, axis=rule.axis, size=new_shape[rule.axis], order=order_z)
         else:
             out[c] = _resize_spatial(channel, new_shape, order=order, axes=(0, 1, 2), clip_over=(0, 1, 2))
+    return out
+
+
+def _skimage_resize(image: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    """skimage.transform.resize(order, mode="edge", anti_aliasing=False, clip=True) of a float64 array, as nnU-Net
+    calls it: scipy's zoom in grid mode with the factors skimage derives, clipped to the input's range."""
+    factors = np.divide(image.shape, shape)
+    out = ndimage.zoom(image, [1 / f for f in factors], order=order, mode="nearest", cval=0, grid_mode=True)
+    if order > 0:
+        np.clip(out, image.min(), image.max(), out=out)
+    return out
+
+
+def resample_image_nnunet(
+    image: np.ndarray,
+    new_shape: Sequence[int],
+    *,
+    order: int,
+    order_z: int,
+    rule: SeparateZ,
+    dtype: np.dtype | type = np.float32,
+) -> np.ndarray:
+    """nnU-Net's `resample_data_or_seg` for images, step for step in float64 (per channel; per slice in plane, then
+    nearest or `order_z` map_coordinates along the coarse axis), cast to `dtype` at the end: bit-identical output.
+    nnU-Net casts to its input's dtype (float16 for its logits): pass it, a detour through float32 rounds twice."""
+    new_shape = np.array([int(s) for s in new_shape])
+    shape = np.array(image.shape[1:])
+    out = np.zeros((image.shape[0], *new_shape), dtype=dtype)
+    for c in range(image.shape[0]):
+        channel = image[c].astype(np.float64)
+        if not rule.separate:
+            out[c] = _skimage_resize(channel, new_shape, order)
+            continue
+        axis = rule.axis
+        in_plane = [int(s) for a, s in enumerate(new_shape) if a != axis]
+        partial_shape = new_shape.copy()
+        partial_shape[axis] = shape[axis]
+        partial = np.zeros(partial_shape)
+        for index in range(shape[axis]):
+            where = tuple(index if a == axis else slice(None) for a in range(3))
+            partial[where] = _skimage_resize(channel[where], in_plane, order)
+        if shape[axis] == new_shape[axis]:
+            out[c] = partial
+            continue
+        grid = np.mgrid[: new_shape[0], : new_shape[1], : new_shape[2]].astype(np.float64)
+        for a in range(3):
+            grid[a] = float(partial.shape[a]) / new_shape[a] * (grid[a] + 0.5) - 0.5
+        out[c] = ndimage.map_coordinates(partial, grid, order=order_z, mode="nearest")
     return out
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from voxelbase.plan import ConfigurationPlan
 from voxelbase.volumes.combine import label_dtype
-from voxelbase.volumes.resample import resample_image, resample_label
+from voxelbase.volumes.resample import resample_image, resample_image_nnunet, resample_label, separate_z
 
 
 def to_case_axes(array: np.ndarray, plan: ConfigurationPlan) -> np.ndarray:
@@ -41,15 +41,35 @@ def _resample_back_kwargs(properties: dict, plan: ConfigurationPlan) -> dict:
     }
 
 
-def resample_class_back(class_map: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
-    """One (Z, Y, X) class map at plan spacing -> float32 at the cropped original shape."""
+def resample_class_back(
+    class_map: np.ndarray, *, properties: dict, plan: ConfigurationPlan, dtype: np.dtype | type = np.float32
+) -> np.ndarray:
+    """One (Z, Y, X) class map at plan spacing -> `dtype` at the cropped original shape (a bit-exact plan rounds
+    nnU-Net's float64 result to `dtype` once; otherwise the float32 result is cast)."""
+    kwargs = _resample_back_kwargs(properties, plan)
+    if plan.resampling.bit_exact and tuple(np.shape(class_map)) != tuple(properties["shape_after_cropping"]):
+        rule = separate_z(
+            kwargs["spacing"],
+            kwargs["new_spacing"],
+            force=kwargs["force_separate_z"],
+            threshold=kwargs["anisotropy_threshold"],
+        )
+        out = resample_image_nnunet(
+            np.asarray(class_map)[None],
+            properties["shape_after_cropping"],
+            order=plan.resampling.probabilities_order,
+            order_z=kwargs["order_z"],
+            rule=rule,
+            dtype=dtype,
+        )
+        return out[0]
     out = resample_image(
         np.asarray(class_map)[None],
         properties["shape_after_cropping"],
         order=plan.resampling.probabilities_order,
-        **_resample_back_kwargs(properties, plan),
+        **kwargs,
     )
-    return out[0].astype(np.float32, copy=False)
+    return out[0].astype(dtype, copy=False)
 
 
 def revert_probabilities(probabilities: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:

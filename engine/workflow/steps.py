@@ -206,7 +206,9 @@ def _postprocess(project: Project, spec: ExperimentSpec, configuration: str, fol
     """nnU-Net's postprocessing decision on the cross-validation predictions of a configuration (or ensemble)."""
     if folders is None:
         folders = [
-            project.run_dir(spec.name, configuration, str(f)) / "validation" for f in spec.train.folds if str(f) != "all"
+            project.run_dir(spec.name, configuration, str(f)) / "validation"
+            for f in spec.train.folds
+            if str(f) != "all"
         ]
     decision = postprocessing.determine_postprocessing(
         spec.name, configuration, pred_dirs=folders, dataset=spec.dataset, project=project
