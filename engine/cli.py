@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,37 @@ def cli(ctx: click.Context, project: Path | None) -> None:
     ctx.obj["project"] = Project.resolve(project)
 
 
+def _use_scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """--scheduler: checked, then handed to every per-case loop of this command through the environment."""
+    if value:
+        from voxelbase.parallel import SCHEDULER_ENV, SchedulerError, resolve_scheduler
+
+        try:
+            chosen = resolve_scheduler(value) or ""
+        except SchedulerError as error:
+            raise click.BadParameter(str(error)) from error
+        before = os.environ.get(SCHEDULER_ENV)
+        os.environ[SCHEDULER_ENV] = chosen
+
+        def restore() -> None:  # for this command only (matters where commands run in one process, as in tests)
+            if before is None:
+                os.environ.pop(SCHEDULER_ENV, None)
+            else:
+                os.environ[SCHEDULER_ENV] = before
+
+        ctx.call_on_close(restore)
+
+
 def _workers_option(func):
+    """Per-case commands: local worker processes, or a Dask cluster."""
+    func = click.option(
+        "--scheduler",
+        default=None,
+        expose_value=False,
+        callback=_use_scheduler,
+        help="Run the per-case work on Dask: local:N (a LocalCluster of N workers) or a scheduler address "
+        "(tcp://host:8786). Default: $VOXELBASE_SCHEDULER, else local worker processes.",
+    )(func)
     return click.option(
         "--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU cores)."
     )(func)

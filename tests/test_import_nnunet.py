@@ -35,7 +35,9 @@ MODEL = FIXTURE / MODEL_NAME
 INPUTS = FIXTURE / "imagesTs"
 CASES = ("demo_006", "demo_007")
 NNUNET_OUTPUT = {True: FIXTURE / "nnunet_predictions_tta", False: FIXTURE / "nnunet_predictions_notta"}
-EXPORT_ZIP = FIXTURE / "Dataset987_Tiny_export.zip"  # nnUNetv2_export_model_to_zip's zip, progress.png left out
+# nnUNetv2_export_model_to_zip's zip of two configurations (3d_fullres: the folder above; 2d), progress.png left out
+EXPORT_ZIP = FIXTURE / "Dataset987_Tiny_export.zip"
+NNUNET_2D_OUTPUT = FIXTURE / "nnunet_predictions_2d_notta"  # nnUNetv2_predict -c 2d, folds 0 1, no mirroring
 
 
 def _model_copy(tmp_path: Path, *, postprocessing: bool = False) -> Path:
@@ -154,17 +156,24 @@ def test_zip_import_equals_folder_import(project, tmp_path):
             project, "sql", "SELECT experiment, configuration, fold FROM runs ORDER BY 1, 3", "--format", "json"
         ).output
     )
-    assert [(r["experiment"], r["configuration"], r["fold"]) for r in rows] == [
+    assert sorted((r["experiment"], r["configuration"], r["fold"]) for r in rows) == [
         ("folder", "3d_fullres", "0"),
         ("folder", "3d_fullres", "1"),
+        ("zipped", "2d", "0"),
+        ("zipped", "2d", "1"),
         ("zipped", "3d_fullres", "0"),
         ("zipped", "3d_fullres", "1"),
     ]
-    out = tmp_path / "pred"
-    run_cli(project, "predict", "-e", "zipped", "--input", str(INPUTS), "--output", str(out), "--no-tta")
-    for case in CASES:
-        theirs = _segmentation(NNUNET_OUTPUT[False] / f"{case}.nii.gz")
-        assert float((_segmentation(out / f"{case}.nii.gz") == theirs).mean()) >= 0.999
+    for configuration, reference in (("3d_fullres", NNUNET_OUTPUT[False]), ("2d", NNUNET_2D_OUTPUT)):
+        out = tmp_path / f"pred_{configuration}"
+        args = ["-e", "zipped", "-c", configuration, "--input", str(INPUTS), "--output", str(out)]
+        run_cli(project, "predict", *args, "--no-tta", "--save-probabilities")
+        for case in CASES:
+            theirs = _segmentation(reference / f"{case}.nii.gz")
+            assert float((_segmentation(out / f"{case}.nii.gz") == theirs).mean()) >= 0.999, (configuration, case)
+            with np.load(reference / f"{case}.npz") as stored, np.load(out / f"{case}.npz") as written:
+                difference = np.abs(written["probabilities"].astype(np.float32) - stored["probabilities"])
+            assert float(difference.max()) < 1e-3, (configuration, case)  # ours are written as float16
 
 
 def test_plan_labels_mirroring_and_postprocessing_carry_over(project, tmp_path):

@@ -231,6 +231,7 @@ def preprocess_dataset(
     finally:
         bar.close()
         recorder.flush()  # also on Ctrl-C: whatever finished is recorded
+    _remove_partials(stage_path)  # every task has ended: a temporary folder left is a killed worker's attempt
     if failures:
         raise PreprocessingError(
             f"{len(failures)} case(s) of {name!r} failed to preprocess ({len(processed) + len(skipped)} done and "

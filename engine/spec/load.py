@@ -171,7 +171,7 @@ def spec_from_dict(
         for name, cls in SECTIONS.items():
             if name in merged:
                 sections[name] = _build(cls, merged[name], props[name]["properties"], name)
-            elif name != "ingest":
+            elif name not in ("ingest", "compute"):  # optional sections: absent stays None
                 sections[name] = cls()
     except SpecError as exc:
         raise SpecError(exc.errors, source=source) from None

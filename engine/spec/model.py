@@ -36,6 +36,13 @@ class PreprocessSpec:
 
 
 @dataclass(frozen=True)
+class ComputeSpec:
+    """Where per-case work runs; never what is computed (no step's key depends on it)."""
+
+    scheduler: str | None = None  # a Dask scheduler address or local:N; None: local worker processes
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """Every hyperparameter nnU-Net's trainer hard-codes, with its default. None means "from the plan"/"automatic"."""
 
@@ -96,6 +103,7 @@ class EvaluateSpec:
 
 SECTIONS: dict[str, type] = {
     "ingest": IngestSpec,
+    "compute": ComputeSpec,
     "plan": PlanSpec,
     "preprocess": PreprocessSpec,
     "train": TrainSpec,
@@ -129,6 +137,7 @@ class ExperimentSpec:
     dataset: str
     description: str = ""
     ingest: IngestSpec | None = None
+    compute: ComputeSpec | None = None  # absent unless written: a spec without it hashes as before
     plan: PlanSpec = field(default_factory=PlanSpec)
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     train: TrainSpec = field(default_factory=TrainSpec)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from voxelbase.catalog import connect, transaction
 from voxelbase.catalog.steps import record_step, recorded_steps
+from voxelbase.parallel import SCHEDULER_ENV
 from voxelbase.project import Project
 from voxelbase.spec import ExperimentSpec, load_spec
 from voxelbase.workflow import keys
@@ -103,6 +106,27 @@ def run_experiment(
     project = Project.resolve(project)
     if not isinstance(spec, ExperimentSpec):
         spec = load_spec(spec, overrides=overrides)
+    if spec.compute is not None and spec.compute.scheduler and not dry_run:
+        with scheduler_environment(spec.compute.scheduler):
+            return _run(project, spec, dry_run=dry_run, echo=echo)
+    return _run(project, spec, dry_run=dry_run, echo=echo)
+
+
+@contextmanager
+def scheduler_environment(scheduler: str) -> Iterator[None]:
+    """`[compute] scheduler` for the per-case loops of every step (they read $VOXELBASE_SCHEDULER)."""
+    before = os.environ.get(SCHEDULER_ENV)
+    os.environ[SCHEDULER_ENV] = scheduler
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SCHEDULER_ENV, None)
+        else:
+            os.environ[SCHEDULER_ENV] = before
+
+
+def _run(project: Project, spec: ExperimentSpec, *, dry_run: bool, echo) -> RunReport:
     report = RunReport(spec.name, dry_run)
     recorded: dict[str, dict] = {}
     if project.catalog_path.exists():
