@@ -34,7 +34,7 @@ demo: venv
 
 test: venv
 	$(BIN)/ruff check engine tests benchmarks
-	$(BIN)/pytest -x -q -rs tests
+	$(BIN)/pytest -x -q -rs --durations=15 tests
 
 lint: venv
 	$(BIN)/ruff check engine tests benchmarks

@@ -70,7 +70,7 @@ def dask_client(scheduler: str) -> Iterator[Any]:
             yield client
         return
     try:
-        client = Client(scheduler, timeout="10s")
+        client = Client(scheduler)  # waits distributed.comm.timeouts.connect (Dask's setting) for the scheduler
     except OSError as error:
         raise SchedulerError(f"cannot reach the Dask scheduler at {scheduler!r}: {error}") from error
     try:

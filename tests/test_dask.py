@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import dask
 import pytest
 
 from tests.conftest import catalog_snapshot, run_cli, sql_rows
@@ -106,5 +107,8 @@ def test_bad_schedulers_are_refused(raw, tmp_path):
     result = run_cli(project, "ingest", str(raw), "--name", "demo", "--scheduler", "local:0", expect_ok=False)
     assert result.exit_code != 0 and "local:N" in result.output
     assert not project.catalog_path.exists()  # nothing was stored
-    with pytest.raises(SchedulerError, match="cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'"):
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "1s"}),
+        pytest.raises(SchedulerError, match="cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'"),
+    ):
         list(completed(len, ["a"], workers=1, scheduler="tcp://127.0.0.1:9"))
