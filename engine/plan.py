@@ -269,6 +269,20 @@ class ConfigurationPlan:
         return out
 
     @property
+    def previous_stage_labels(self) -> list[int]:
+        """A cascade stage's extra inputs: the previous stage's segmentation one-hot encoded, one channel per
+        foreground label value in this order (nnU-Net's `MoveSegAsOneHotToDataTransform`); empty otherwise."""
+        if not self.previous_stage:
+            return []
+        values = {v for k, v in self.labels.items() if k != "ignore" for v in (v if isinstance(v, list) else [v])}
+        return sorted(int(v) for v in values if int(v) != 0)
+
+    @property
+    def input_channels(self) -> int:
+        """What the network takes: the image channels, plus the previous stage's one-hot channels in a cascade."""
+        return self.n_channels + len(self.previous_stage_labels)
+
+    @property
     def axes_forward(self) -> tuple[int, int, int]:
         """How this configuration's stored arrays order a case's (z, y, x) axes. A 2-D configuration cuts slices
         along the case's coarsest axis, so it works in nnU-Net's transposed order (`transpose_forward`): stored

@@ -31,9 +31,15 @@ from voxelbase.catalog.runs import latest_training_run, record_scoring, record_v
 from voxelbase.errors import VoxelbaseError
 from voxelbase.evaluation.metrics import case_metrics, regions_of
 from voxelbase.images import ImageFileError, read_image, write_probabilities, write_segmentation
+from voxelbase.inference.next_stage import (
+    read_next_stage,
+    segmentation_for_next_stage,
+    with_previous_stage,
+    write_next_stage,
+)
 from voxelbase.inference.probabilities import predict_probabilities
 from voxelbase.networks import load_trained_model, trained_plan
-from voxelbase.planning import fold_case_ids
+from voxelbase.planning import fold_case_ids, load_plan
 from voxelbase.project import Project
 from voxelbase.spec import ExperimentSpec
 from voxelbase.store import read_case, stage_name
@@ -159,11 +165,18 @@ def predict_validation(
     out_dir = run_dir / "validation"
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = stage_name(plan.plan, plan.configuration)
+    hand_over = (
+        _NextStage(project, spec, plan, fold=fold, run_id=run_id, geometry=geometry) if plan.next_stage else None
+    )
     for case_id in tqdm(ids, desc="validation", unit="case", disable=None if progress else True):
         image, _ = read_case(project, dataset, case_id, stage=stage)
+        if plan.previous_stage:
+            image = with_previous_stage(image, _previous_stage_of(project, spec, plan, case_id), plan)
         probabilities = predict_probabilities(
             [model.network], image, plan=plan, spec=spec, device=device, tta=spec.predict.tta
         )
+        if hand_over is not None:
+            hand_over.add(case_id, probabilities)
         segmentation = probabilities_to_segmentation(probabilities, properties=properties[case_id], plan=plan)
         if spec.train.save_probabilities:
             reverted = revert_probabilities(probabilities, properties=properties[case_id], plan=plan)
@@ -175,6 +188,69 @@ def predict_validation(
     with transaction(project) as con:
         clear_metrics(con, run_id)
         record_validation(con, run_id, validation_hash=settings_hash(prediction_settings(spec)))
+        if hand_over is not None:
+            hand_over.record(con)
+
+
+def _previous_stage_of(project: Project, spec: ExperimentSpec, plan, case_id: str) -> np.ndarray:
+    found = read_next_stage(project, spec.name, plan.previous_stage, case_id)
+    if found is None:
+        raise ValidationError(
+            f"{spec.name}/{plan.configuration}: case {case_id!r} has no {plan.previous_stage} prediction to cascade "
+            f"from: train and validate every {plan.previous_stage} fold of {spec.name!r} first"
+        )
+    return found
+
+
+class _NextStage:
+    """A low-res fold's hand-over to the cascade: each validation case's segmentation at the next stage's
+    preprocessed shape (`voxelbase.inference.next_stage`), written as the cases are predicted and recorded with the
+    validation. Cases the next stage has not preprocessed are skipped (and named)."""
+
+    def __init__(self, project: Project, spec: ExperimentSpec, plan, *, fold: str, run_id: int, geometry) -> None:
+        self.project, self.spec, self.plan, self.fold, self.run_id, self.geometry = (
+            project,
+            spec,
+            plan,
+            fold,
+            run_id,
+            geometry,
+        )
+        self.next_plan = load_plan(project, spec.dataset, configuration=plan.next_stage, plan=plan.plan)
+        self.pending: list[tuple[str, np.ndarray]] = []
+
+    def add(self, case_id: str, probabilities: np.ndarray) -> None:
+        with connect(self.project, read_only=True) as con:
+            target = case_properties(
+                con, self.spec.dataset, case_id, plan=self.plan.plan, configuration=self.plan.next_stage
+            )
+        if target is None:
+            tqdm.write(
+                f"{self.plan.next_stage} has not preprocessed {case_id!r}: no cascade input written for it "
+                f"(voxelbase preprocess {self.spec.dataset} -c {self.plan.next_stage}, then validate again)"
+            )
+            return
+        segmentation = segmentation_for_next_stage(
+            probabilities,
+            plan=self.plan,
+            next_plan=self.next_plan,
+            case_spacing=self.geometry[case_id].spacing,
+            shape=target["shape_after_resampling"],
+        )
+        self.pending.append((case_id, segmentation))
+
+    def record(self, con) -> None:
+        for case_id, segmentation in self.pending:
+            write_next_stage(
+                con,
+                self.project,
+                experiment=self.spec.name,
+                plan=self.plan,
+                case_id=case_id,
+                fold=self.fold,
+                run_id=self.run_id,
+                segmentation=segmentation,
+            )
 
 
 def _saved_segmentation(out_dir: Path, case_id: str, ending: str) -> np.ndarray:

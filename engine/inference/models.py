@@ -33,6 +33,7 @@ class ConfigurationModels:
     folds: tuple[str, ...]
     plan: ConfigurationPlan
     networks: tuple[torch.nn.Module, ...]
+    previous: ConfigurationModels | None = None  # a cascade stage: the stage whose segmentation it takes as input
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,26 @@ def _check_plans_agree(configuration: str, folds: tuple[str, ...], plans: list[C
             )
 
 
+def _configuration_models(
+    project: Project, experiment: str, name: str, folds: tuple[str, ...], trained: dict[str, list[str]], device
+) -> ConfigurationModels:
+    """One configuration's folds, loaded; a cascade stage with its previous stage's same folds (nnU-Net predicts the
+    low-res stage with the folds it predicts the cascade with)."""
+    models = [load_trained_model(project.run_dir(experiment, name, f) / CHECKPOINT, device=device) for f in folds]
+    _check_plans_agree(name, folds, [m.plan for m in models])
+    plan = models[0].plan
+    previous = None
+    if plan.previous_stage:
+        missing = [f for f in folds if f not in trained.get(plan.previous_stage, [])]
+        if missing:
+            raise PredictionError(
+                f"{experiment}/{name} cascades from {plan.previous_stage}, whose fold(s) {', '.join(missing)} are not "
+                f"trained ({_describe(trained)})"
+            )
+        previous = _configuration_models(project, experiment, plan.previous_stage, folds, trained, device)
+    return ConfigurationModels(name, folds, plan, tuple(m.network for m in models), previous)
+
+
 def load_models(
     experiment: str,
     *,
@@ -150,12 +171,12 @@ def load_models(
     device = resolve_device(device or spec.predict.device)
     trained = trained_folds(project, experiment)
     choice, member_names = choose_configuration(project, experiment, configuration, trained)
-    members = []
-    for name in member_names:
-        chosen = choose_folds(experiment, name, folds, trained)
-        models = [load_trained_model(project.run_dir(experiment, name, f) / CHECKPOINT, device=device) for f in chosen]
-        _check_plans_agree(name, chosen, [m.plan for m in models])
-        members.append(ConfigurationModels(name, chosen, models[0].plan, tuple(m.network for m in models)))
+    members = [
+        _configuration_models(
+            project, experiment, name, choose_folds(experiment, name, folds, trained), trained, device
+        )
+        for name in member_names
+    ]
     n_classes = {m.plan.num_classes for m in members}
     n_channels = {m.plan.n_channels for m in members}
     if len(n_classes) > 1 or len(n_channels) > 1:

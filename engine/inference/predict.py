@@ -43,6 +43,7 @@ from voxelbase.inference.inputs import (
     read_input_case,
 )
 from voxelbase.inference.models import ConfigurationModels, PredictionModels, load_models
+from voxelbase.inference.next_stage import segmentation_for_next_stage, with_previous_stage
 from voxelbase.inference.probabilities import predict_probabilities, predicts_logits, revert_logits
 from voxelbase.preprocessing import preprocess_case
 from voxelbase.project import Project
@@ -150,8 +151,19 @@ def check_spacing(case_id: str, spacing: Sequence[float], spacing_range) -> None
 
 
 def member_probabilities(member: ConfigurationModels, image: np.ndarray, *, geometry: Geometry, spec, device):
-    """(probabilities at plan spacing averaged over the member's folds, preprocessing properties)."""
+    """(probabilities at plan spacing averaged over the member's folds, preprocessing properties). A cascade stage
+    first predicts its previous stage (same folds) and takes that segmentation, at its own spacing, as input."""
     data, _, properties = preprocess_case(image, spacing=geometry.spacing, plan=member.plan)
+    if member.previous is not None:
+        earlier, _ = member_probabilities(member.previous, image, geometry=geometry, spec=spec, device=device)
+        segmentation = segmentation_for_next_stage(
+            earlier,
+            plan=member.previous.plan,
+            next_plan=member.plan,
+            case_spacing=geometry.spacing,
+            shape=data.shape[1:],
+        )
+        data = with_previous_stage(data, segmentation, member.plan)
     probabilities = predict_probabilities(
         list(member.networks), data, plan=member.plan, spec=spec, device=device, tta=spec.predict.tta
     )

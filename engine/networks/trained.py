@@ -21,7 +21,7 @@ def network_for_plan(plan: ConfigurationPlan, *, deep_supervision: bool) -> UNet
     """The freshly initialised network of a configuration (inputs: its channels; outputs: its classes)."""
     return build_network(
         plan.architecture.to_dict(),
-        in_channels=plan.n_channels,
+        in_channels=plan.input_channels,
         num_classes=plan.num_classes,
         deep_supervision=deep_supervision,
     )

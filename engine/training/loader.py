@@ -11,15 +11,19 @@ process instead (`augment_batch`), on whole batches.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 
 from voxelbase.project import Project
 from voxelbase.training.augment import AugmentConfig, AugmentParams, apply_augmentation, draw_params
+from voxelbase.training.cascade_augment import augment_previous_stage, previous_stage_onehot
 from voxelbase.training.patches import CaseArrays, CaseEntry, read_patch, sample_batch
 
 
@@ -35,6 +39,8 @@ class StreamSettings:
     dummy_2d: bool = False
     probabilistic_oversampling: bool = False
     annotated_only: bool = False  # an ignore label: centre patches on annotated voxels (nnU-Net's sparse rule)
+    # a cascade stage: the previous stage's segmentation, read beside the label, becomes one-hot input channels
+    previous_stage_labels: tuple[int, ...] = ()
 
 
 @dataclass
@@ -54,10 +60,38 @@ def batch_generator(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, index, stream])
 
 
-def augment_batch(batch: Batch, settings: StreamSettings, *, device: torch.device | None = None) -> Batch:
-    """Augment a read batch on `device` (default: where it is) with parameters drawn from its own seed."""
-    if settings.augment is None or batch.augmented:
+def _join_previous(label: torch.Tensor, settings: StreamSettings) -> torch.Tensor:
+    """(B, 2, *S) label + previous-stage segmentation -> one (B, 1, *S) map of pairs (label * K + previous), so
+    that one spatial transform moves both identically; padding (-1) stays -1."""
+    k = settings.num_classes
+    return torch.where(label[:, :1] < 0, label[:, :1], label[:, :1] * k + label[:, 1:].clamp(min=0))
+
+
+def attach_previous_stage(batch: Batch, settings: StreamSettings, *, joined: bool) -> Batch:
+    """A cascade batch: split the previous stage's segmentation off the label and append it to the image as one
+    one-hot channel per foreground label, with nnU-Net's cascade-only augmentations when training."""
+    if not settings.previous_stage_labels:
         return batch
+    k = settings.num_classes
+    if joined:
+        pairs = batch.label.clamp(min=0)
+        label, previous = torch.div(pairs, k, rounding_mode="floor"), pairs % k
+    else:
+        label, previous = batch.label[:, :1].clamp(min=0), batch.label[:, 1:].clamp(min=0)
+    onehot = previous_stage_onehot(previous, settings.previous_stage_labels)
+    if settings.augment is not None:
+        onehot = augment_previous_stage(onehot, generator=batch_generator(settings.seed, batch.index, 2))
+    image = torch.cat([batch.image, onehot.to(batch.image.dtype)], dim=1)
+    return dataclasses.replace(batch, image=image, label=label.to(batch.label.dtype))
+
+
+def augment_batch(batch: Batch, settings: StreamSettings, *, device: torch.device | None = None) -> Batch:
+    """Augment a read batch on `device` (default: where it is) with parameters drawn from its own seed; a cascade
+    batch then gets its previous-stage channels (`attach_previous_stage`)."""
+    if batch.augmented:
+        return batch
+    if settings.augment is None:
+        return attach_previous_stage(batch, settings, joined=False)
     generator = torch.Generator().manual_seed(int(batch_generator(settings.seed, batch.index, 1).integers(2**62)))
     params = draw_params(
         settings.augment,
@@ -71,10 +105,17 @@ def augment_batch(batch: Batch, settings: StreamSettings, *, device: torch.devic
     image, label = batch.image, batch.label
     if device is not None:
         image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+    cascade = bool(settings.previous_stage_labels)
+    classes = settings.num_classes * (settings.num_classes if cascade else 1)
     image, label = apply_augmentation(
-        params, image, label, patch_size=settings.patch_size, num_classes=settings.num_classes
+        params,
+        image,
+        _join_previous(label, settings) if cascade else label,
+        patch_size=settings.patch_size,
+        num_classes=classes,
     )
-    return Batch(batch.index, image, label, batch.case_ids, batch.starts, batch.forced_foreground, True, params)
+    out = Batch(batch.index, image, label, batch.case_ids, batch.starts, batch.forced_foreground, True, params)
+    return attach_previous_stage(out, settings, joined=True) if cascade else out
 
 
 class PatchStream:
@@ -93,7 +134,10 @@ class PatchStream:
         augment_in_workers: bool = True,
         pin_memory: bool = False,
         processes: bool = False,
+        previous_stage: Path | None = None,
     ) -> None:
+        """`previous_stage`: for a cascade stage, the folder of the previous stage's segmentations (one Zarr
+        array per case, at this stage's preprocessed shape)."""
         if not cases:
             raise ValueError("the patch stream needs at least one case")
         self.cases = list(cases)
@@ -103,7 +147,16 @@ class PatchStream:
         self.augment_in_workers = augment_in_workers
         self.pin_memory = pin_memory
         self.processes = processes
+        self.previous_stage = previous_stage
         self._arrays = CaseArrays(project, dataset, stage)
+        self._previous: dict[str, zarr.Array] = {}
+        if settings.previous_stage_labels and previous_stage is None:
+            raise ValueError("a cascade stream needs the previous stage's segmentations (previous_stage)")
+
+    def _previous_array(self, case_id: str) -> zarr.Array:
+        if case_id not in self._previous:
+            self._previous[case_id] = zarr.open_array(str(self.previous_stage / case_id), mode="r")
+        return self._previous[case_id]
 
     def read(self, index: int) -> Batch:
         """Batch `index`, read (and padded) but not augmented."""
@@ -124,13 +177,17 @@ class PatchStream:
         channels = arrays[0][0].shape[0]
         # the batch is assembled in place: each patch is decompressed straight into its slot
         image = np.empty((len(requests), channels, *s.read_size), dtype=np.float32)
-        label = np.empty((len(requests), 1, *s.read_size), dtype=np.int16)
+        cascade = bool(s.previous_stage_labels)
+        label = np.empty((len(requests), 2 if cascade else 1, *s.read_size), dtype=np.int16)
         for slot, (request, (image_array, label_array)) in enumerate(zip(requests, arrays)):
-            image_out, label_out = (image[slot][:, None], label[slot]) if two_d else (image[slot], label[slot, 0])
+            image_out, label_out = (image[slot][:, None], label[slot, :1]) if two_d else (image[slot], label[slot, 0])
             read_patch(image_array, request.start, size, out=image_out)
             read_patch(label_array, request.start, size, fill=-1, out=label_out)
+            if cascade:  # channel 1: the previous stage's segmentation of the same voxels
+                previous = self._previous_array(self.cases[request.case].case_id)
+                read_patch(previous, request.start, size, fill=0, out=label[slot, 1:] if two_d else label[slot, 1])
         image, label = torch.from_numpy(image), torch.from_numpy(label)
-        if s.augment is None:
+        if s.augment is None and not cascade:
             label = label.clamp_(min=0)  # outside the nonzero mask / padding is background
         return Batch(
             index,
@@ -143,7 +200,7 @@ class PatchStream:
 
     def produce(self, index: int) -> Batch:
         batch = self.read(index)
-        if self.augment_in_workers:
+        if self.augment_in_workers or self.settings.augment is None:
             batch = augment_batch(batch, self.settings)
         if self.pin_memory:
             batch.image, batch.label = batch.image.pin_memory(), batch.label.pin_memory()
@@ -181,6 +238,7 @@ class PatchStream:
             "cases": self.cases,
             "settings": self.settings,
             "augment_in_workers": self.augment_in_workers,
+            "previous_stage": self.previous_stage,
         }
         return ProcessPoolExecutor(
             max_workers=self.workers,

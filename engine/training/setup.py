@@ -8,11 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
+from voxelbase.catalog import connect
 from voxelbase.errors import VoxelbaseError
+from voxelbase.inference.next_stage import next_stage_cases, next_stage_dir
 from voxelbase.parallel import worker_count
 from voxelbase.plan import ConfigurationPlan
-from voxelbase.planning import PlanningError, fold_case_ids, load_plan
+from voxelbase.planning import PlanningError, fold_case_ids, load_plan, load_splits
 from voxelbase.project import Project
 from voxelbase.spec import AugmentConfig, ExperimentSpec
 from voxelbase.spec.model import section_dict
@@ -45,6 +48,8 @@ def training_hash(spec: ExperimentSpec, setup: FoldSetup) -> str:
         "train": sorted(c.case_id for c in setup.train_cases),
         "val": sorted(c.case_id for c in setup.val_cases),
     }
+    if setup.previous_stage is not None:  # a cascade fold restarts when the previous stage was redone
+        settings["data"]["previous_stage"] = [list(row) for row in setup.previous_stage_runs]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -61,30 +66,47 @@ class FoldSetup:
     val_cases: list[CaseEntry]
     train_settings: StreamSettings
     val_settings: StreamSettings
+    previous_stage: Path | None = None  # a cascade stage: the previous stage's hand-over, one array per case
+    previous_stage_runs: tuple[tuple[str, str, int], ...] = ()  # (case, fold, run id) that made each of them
 
     @property
     def foreground_labels(self) -> list[int]:
         return self.plan.foreground_labels
 
 
-def _unsupported(plan: ConfigurationPlan) -> str | None:
-    """Plans this trainer cannot honour yet, refused up front rather than trained wrongly."""
-    if plan.previous_stage:
-        return "the cascade (a stage trained on the previous stage's predictions)"
-    return None
+def _previous_stage(project: Project, spec: ExperimentSpec, plan: ConfigurationPlan, fold: str, ids: list[str]):
+    """A cascade fold's input from the previous stage: the folder of its hand-over, checked to hold every case the
+    fold reads; an error naming the previous stage's folds to finish otherwise."""
+    previous = plan.previous_stage
+    where = f"cannot train {plan.configuration!r} fold {fold} of {spec.name!r}"
+    try:
+        load_plan(project, spec.dataset, configuration=previous, plan=plan.plan)
+    except PlanningError as error:
+        raise TrainingError(f"{where}: the plan has no {previous!r} stage to cascade from ({error})") from error
+    with connect(project, read_only=True) as con:
+        have = next_stage_cases(con, spec.name, previous)
+    missing = [case_id for case_id in ids if case_id not in have]
+    if missing:
+        splits = load_splits(project, spec.dataset)
+        folds = sorted(f for f, split in splits.items() if set(missing) & set(split["val"]))
+        raise TrainingError(
+            f"{where}: {len(missing)} case(s) have no {previous} prediction yet ({', '.join(missing[:5])}); "
+            f"{previous} fold(s) {', '.join(folds) or '?'} of {spec.name!r} must be trained and validated first "
+            f"(voxelbase train SPEC -c {previous}; each fold's validation writes the cascade's input)"
+        )
+    runs = tuple(sorted((case_id, *have[case_id]) for case_id in ids))
+    return next_stage_dir(project, spec.name, previous), runs
 
 
 def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str) -> FoldSetup:
     plan = load_plan(project, spec.dataset, configuration=configuration, plan=spec.train.plan, current=True)
-    unsupported = _unsupported(plan)
-    if unsupported:
-        raise TrainingError(
-            f"cannot train {configuration!r} of dataset {spec.dataset!r}: {unsupported} is not supported yet"
-        )
     try:
         train_ids, val_ids = fold_case_ids(project, spec.dataset, fold)
     except PlanningError as error:
         raise TrainingError(str(error)) from error
+    previous, previous_runs = (
+        _previous_stage(project, spec, plan, fold, train_ids + val_ids) if plan.previous_stage else (None, ())
+    )
     stage = stage_name(plan.plan, configuration)
     try:
         train_cases = load_cases(project, spec.dataset, plan=plan.plan, configuration=configuration, case_ids=train_ids)
@@ -102,6 +124,7 @@ def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, 
         "probabilistic_oversampling": spec.train.probabilistic_oversampling,
         "num_classes": plan.label_value_count,
         "annotated_only": plan.has_ignore_label,
+        "previous_stage_labels": tuple(plan.previous_stage_labels),
     }
     return FoldSetup(
         plan=plan,
@@ -109,6 +132,8 @@ def prepare_fold(project: Project, spec: ExperimentSpec, *, configuration: str, 
         stage=stage,
         train_cases=train_cases,
         val_cases=val_cases,
+        previous_stage=previous,
+        previous_stage_runs=previous_runs,
         train_settings=StreamSettings(
             **common,
             read_size=initial_patch_size(patch, augment, dummy_2d=dummy_2d),

@@ -235,6 +235,7 @@ def _train(
         workers=workers,
         augment_in_workers=not augment_on_device,
         pin_memory=on_gpu and cfg.pin_memory,
+        previous_stage=setup.previous_stage,
     )
     val_stream = PatchStream(
         project,
@@ -244,6 +245,7 @@ def _train(
         settings=setup.val_settings,
         workers=max(1, workers // 2),
         pin_memory=on_gpu and cfg.pin_memory,
+        previous_stage=setup.previous_stage,
     )
     iterations, val_iterations = cfg.iterations_per_epoch, cfg.val_iterations
     train_batches = train_stream.iterate(start_epoch * iterations, cfg.epochs * iterations)

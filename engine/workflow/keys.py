@@ -50,7 +50,7 @@ def source_fingerprint(folder: Path) -> str:
 
 def data_fingerprint(project: Project, spec: ExperimentSpec, plan: str, item: tuple[str, ...]) -> str:
     """One declared data input: ('source',), ('dataset',), ('plan', configuration), ('preprocessed',
-    configuration) or ('splits', fold)."""
+    configuration), ('splits', fold) or ('next_stage', previous configuration)."""
     kind, *args = item
     if kind == "source":
         return source_fingerprint(spec.ingest_source())
@@ -64,6 +64,14 @@ def data_fingerprint(project: Project, spec: ExperimentSpec, plan: str, item: tu
         # fold 'all' reads no split but every labelled case: adding a case retrains it
         "splits": lambda con: (
             labelled_cases_fingerprint(con, dataset) if args[0] == "all" else splits_fingerprint(con, dataset, args[0])
+        ),
+        # a cascade stage reads the previous stage's hand-over: which fold and training run made each case's
+        "next_stage": lambda con: digest(
+            con.execute(
+                "SELECT case_id, fold, run_id FROM next_stage_predictions WHERE experiment = ? AND configuration = ? "
+                "ORDER BY case_id",
+                [spec.name, args[0]],
+            ).fetchall()
         ),
     }
     with connect(project, read_only=True) as con:

@@ -58,6 +58,10 @@ def experiment_plan_name(spec: ExperimentSpec) -> str:
     return spec.train.plan or plan_name(get_preset(spec.plan.preset), spec.plan.gpu_memory_gb)
 
 
+# nnU-Net's cascade: this configuration trains on the predictions of that one
+CASCADE = {"3d_cascade_fullres": "3d_lowres"}
+
+
 def pinned(spec: ExperimentSpec) -> ExperimentSpec:
     """The spec with its plan named, as every training step sees it (a new default plan never retrains silently)."""
     return dataclasses.replace(spec, train=dataclasses.replace(spec.train, plan=experiment_plan_name(spec)))
@@ -115,14 +119,20 @@ def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
                 stages=("preprocessing",),
             )
         )
+        previous = CASCADE.get(c)
+        # a cascade fold reads every case's hand-over from the previous stage: after all its folds' validations
+        cascade_after = tuple(f"validate:{previous}:{f}" for f in cross_validation) if previous else ()
+        cascade_data = (("next_stage", previous),) if previous else ()
+        # a previous stage's validation writes the hand-over at the next stage's preprocessed shape
+        hands_over = tuple(f"preprocess:{n}" for n, p in CASCADE.items() if p == c and n in configurations)
         for fold in folds:
             steps.append(
                 Step(
                     f"train:{c}:{fold}",
                     lambda c=c, fold=fold: _train(project, spec, c, fold),
                     settings=training_settings,
-                    after=(f"preprocess:{c}",),
-                    data=(("plan", c), ("preprocessed", c), ("splits", fold)),
+                    after=(f"preprocess:{c}", *cascade_after),
+                    data=(("plan", c), ("preprocessed", c), ("splits", fold), *cascade_data),
                     stages=("training",),
                 )
             )
@@ -133,7 +143,7 @@ def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
                     f"validate:{c}:{fold}",
                     lambda c=c, fold=fold: _validate(project, spec, c, fold),
                     settings=prediction_settings,
-                    after=(f"train:{c}:{fold}",),
+                    after=(f"train:{c}:{fold}", *hands_over),
                     uses_results=True,
                     stages=("inference", "evaluation"),
                 )
