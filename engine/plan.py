@@ -20,6 +20,9 @@ import numpy as np
 ANISOTROPY_THRESHOLD = 3.0  # one threshold for the planner's target spacing and the resampler's separate-z rule
 
 # nnU-Net's resampling defaults: what a plan made before `resampling` was recorded gets
+# nnU-Net's cascade: this configuration trains on the predictions of that one (the planner's previous_stage)
+CASCADE_STAGES: dict[str, str] = {"3d_cascade_fullres": "3d_lowres"}
+
 DEFAULT_RESAMPLING: dict[str, Any] = {
     "image_order": 3,
     "label_order": 1,

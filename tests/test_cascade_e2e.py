@@ -165,3 +165,13 @@ def test_a_plan_without_lowres_has_no_cascade_to_train(finished, tmp_path):
         project, "train", str(tmp_path / "spec.toml"), "-c", "3d_cascade_fullres", "--fold", "0", expect_ok=False
     )
     assert result.exit_code != 0 and "'3d_cascade_fullres' was never planned" in result.output
+
+
+@pytest.mark.parametrize("fmt", ["bundle", "nnunet"])
+def test_a_cascade_is_not_exported_without_its_lowres_stage(finished, tmp_path, fmt):
+    _, project, _ = finished
+    out = tmp_path / "exported"
+    args = ["export", "casc", "--output", str(out), "-c", "3d_cascade_fullres"]
+    result = run_cli(project, *args, *(["--format", "nnunet"] if fmt == "nnunet" else []), expect_ok=False)
+    assert result.exit_code != 0 and "3d_cascade_fullres cannot be exported yet" in result.output
+    assert "3d_lowres" in result.output and not out.exists()

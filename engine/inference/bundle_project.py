@@ -48,6 +48,7 @@ from voxelbase.inference.models import (
     trained_folds,
 )
 from voxelbase.networks import load_checkpoint, save_checkpoint
+from voxelbase.plan import CASCADE_STAGES
 from voxelbase.project import Project
 from voxelbase.spec import spec_from_dict
 from voxelbase.store.layout import unsafe_name
@@ -141,6 +142,12 @@ def export_bundle(
     dataset, spec = experiment_spec(project, experiment)
     trained = trained_folds(project, experiment)
     choice, members = choose_configuration(project, experiment, configuration, trained)
+    cascades = [m for m in members if m in CASCADE_STAGES]
+    if cascades:  # its low-res stage would have to travel with it, and be run first
+        raise BundleError(
+            f"{', '.join(cascades)} cannot be exported yet (a cascade needs its {CASCADE_STAGES[cascades[0]]} "
+            "stage beside it); export another configuration with --configuration"
+        )
     chosen = {name: choose_folds(experiment, name, folds, trained) for name in members}
     with connect(project, read_only=True) as con:
         names = channel_names(con, dataset)

@@ -39,7 +39,7 @@ from voxelbase.inference.nnunet_model import KEEP_LARGEST, NNUNET_CHECKPOINT, NO
 from voxelbase.networks import load_checkpoint
 from voxelbase.networks.blocks import LEAKY_SLOPE, NORM_EPS
 from voxelbase.networks.nnunet import NETWORK_CLASSES
-from voxelbase.plan import ANISOTROPY_THRESHOLD, Architecture, ConfigurationPlan
+from voxelbase.plan import ANISOTROPY_THRESHOLD, CASCADE_STAGES, Architecture, ConfigurationPlan
 from voxelbase.project import Project
 from voxelbase.spec import mirror_axes_for
 
@@ -290,6 +290,12 @@ def export_nnunet(
     if not trained:
         raise NnunetExportError(f"experiment {experiment!r} has no finished fold to export (train it first)")
     choice, members = choose_configuration(project, experiment, configuration, trained)
+    cascades = [m for m in members if m in CASCADE_STAGES]
+    if cascades:  # its low-res stage would have to travel with it, and be run first
+        raise NnunetExportError(
+            f"{', '.join(cascades)} cannot be exported yet (a cascade needs its {CASCADE_STAGES[cascades[0]]} "
+            "stage beside it); export another configuration with --configuration"
+        )
     if len(members) != 1:
         raise NnunetExportError(
             f"{choice}: an nnU-Net model folder holds one configuration; pass --configuration "

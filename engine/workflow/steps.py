@@ -29,6 +29,7 @@ from voxelbase.evaluation.validation import (
     trained_run_id,
 )
 from voxelbase.ingest import ingest_dataset
+from voxelbase.plan import CASCADE_STAGES
 from voxelbase.planning import plan_dataset
 from voxelbase.planning.presets import get_preset, plan_name
 from voxelbase.preprocessing.dataset import preprocess_dataset
@@ -56,10 +57,6 @@ class Step:
 
 def experiment_plan_name(spec: ExperimentSpec) -> str:
     return spec.train.plan or plan_name(get_preset(spec.plan.preset), spec.plan.gpu_memory_gb)
-
-
-# nnU-Net's cascade: this configuration trains on the predictions of that one
-CASCADE = {"3d_cascade_fullres": "3d_lowres"}
 
 
 def pinned(spec: ExperimentSpec) -> ExperimentSpec:
@@ -119,12 +116,12 @@ def declare_steps(project: Project, spec: ExperimentSpec) -> list[Step]:
                 stages=("preprocessing",),
             )
         )
-        previous = CASCADE.get(c)
+        previous = CASCADE_STAGES.get(c)
         # a cascade fold reads every case's hand-over from the previous stage: after all its folds' validations
         cascade_after = tuple(f"validate:{previous}:{f}" for f in cross_validation) if previous else ()
         cascade_data = (("next_stage", previous),) if previous else ()
         # a previous stage's validation writes the hand-over at the next stage's preprocessed shape
-        hands_over = tuple(f"preprocess:{n}" for n, p in CASCADE.items() if p == c and n in configurations)
+        hands_over = tuple(f"preprocess:{n}" for n, p in CASCADE_STAGES.items() if p == c and n in configurations)
         for fold in folds:
             steps.append(
                 Step(
