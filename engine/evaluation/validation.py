@@ -32,6 +32,7 @@ from voxelbase.errors import VoxelbaseError
 from voxelbase.evaluation.metrics import case_metrics, regions_of
 from voxelbase.images import ImageFileError, read_image, write_probabilities, write_segmentation
 from voxelbase.inference.next_stage import (
+    next_stage_cases,
     read_next_stage,
     segmentation_for_next_stage,
     with_previous_stage,
@@ -103,13 +104,32 @@ def _recorded(project: Project, run_id: int):
 def ensure_predicted(
     project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, run_id: int, device, progress=True
 ) -> bool:
-    """Predict the validation cases unless they were predicted with these settings; whether it predicted."""
-    if _recorded(project, run_id).validation_hash == settings_hash(prediction_settings(spec)):
+    """Predict the validation cases unless they were predicted with these settings (and, for a stage with a
+    cascade after it, handed over: its next stage may have been preprocessed since); whether it predicted."""
+    if _recorded(project, run_id).validation_hash == settings_hash(
+        prediction_settings(spec)
+    ) and not _hand_over_missing(project, spec, configuration=configuration, fold=fold):
         return False
     predict_validation(
         project, spec, configuration=configuration, fold=fold, run_id=run_id, device=device, progress=progress
     )
     return True
+
+
+def _hand_over_missing(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str) -> bool:
+    """A previous stage's fold whose held-out cases lack their (now possible) hand-over to the next stage."""
+    plan = trained_plan(project.run_dir(spec.name, configuration, fold) / CHECKPOINT)
+    if not plan.next_stage:
+        return False
+    with connect(project, read_only=True) as con:
+        have = next_stage_cases(con, spec.name, configuration)
+        ids = _validation_cases(project, spec.dataset, fold)
+        ready = [
+            c
+            for c in ids
+            if case_properties(con, spec.dataset, c, plan=plan.plan, configuration=plan.next_stage) is not None
+        ]
+    return any(case_id not in have for case_id in ready)
 
 
 def ensure_scored(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, run_id: int) -> bool:
