@@ -40,6 +40,7 @@ from voxelbase.inference.next_stage import (
 )
 from voxelbase.inference.probabilities import predict_probabilities
 from voxelbase.networks import load_trained_model, trained_plan
+from voxelbase.plan import CASCADE_STAGES
 from voxelbase.planning import fold_case_ids, load_plan
 from voxelbase.project import Project
 from voxelbase.spec import ExperimentSpec
@@ -118,6 +119,8 @@ def ensure_predicted(
 
 def _hand_over_missing(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str) -> bool:
     """A previous stage's fold whose held-out cases lack their (now possible) hand-over to the next stage."""
+    if fold == "all" or configuration not in CASCADE_STAGES.values():
+        return False  # (cheap checks first: reading the plan loads the checkpoint)
     plan = trained_plan(project.run_dir(spec.name, configuration, fold) / CHECKPOINT)
     if not plan.next_stage:
         return False
@@ -185,8 +188,11 @@ def predict_validation(
     out_dir = run_dir / "validation"
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = stage_name(plan.plan, plan.configuration)
+    # held-out cases only: fold "all" saw every case, so its predictions are no cascade input (nnU-Net's CV rule)
     hand_over = (
-        _NextStage(project, spec, plan, fold=fold, run_id=run_id, geometry=geometry) if plan.next_stage else None
+        _NextStage(project, spec, plan, fold=fold, run_id=run_id, geometry=geometry)
+        if plan.next_stage and fold != "all"
+        else None
     )
     for case_id in tqdm(ids, desc="validation", unit="case", disable=None if progress else True):
         image, _ = read_case(project, dataset, case_id, stage=stage)
