@@ -10,8 +10,9 @@
     both datasets) is scored by the same code (`voxelbase evaluate`) against the DENSE labels, so the four mean
     foreground Dice figures are comparable and the dense - sparse gap can be read for each system.
 
-    python -m benchmarks.regions [--cases 10] [--folds 0 1 2] [--epochs 3] [--iterations 40] [--val-iterations 10]
-                                 [--keep-every 5] [--part regions sparse] [--work DIR] [--skip-nnunet]
+    python -m benchmarks.regions [--cases 10] [--folds 0 1 2] [--sparse-folds ...] [--epochs 3] [--iterations 40]
+                                 [--val-iterations 10] [--keep-every 5] [--part regions sparse] [--work DIR]
+                                 [--skip-nnunet]
 
 nnU-Net's budget is a trainer variant (the three numbers on top of `nnUNetTrainer`) written into its own
 installation, never into this repository. Results: benchmarks/out/regions.json.
@@ -164,6 +165,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10)
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--sparse-folds", type=int, nargs="+", default=None, help="folds of the sparse part (default: --folds)"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--val-iterations", type=int, default=10)
@@ -206,12 +210,13 @@ def main() -> None:
         print_table("(a) regions: per-region validation Dice, mean ± std over folds", rows)
 
     if "sparse" in args.part:
+        sparse_folds = args.sparse_folds or args.folds
         dense = data("dense", "--cases", str(args.cases), "--test-cases", "0")
         sparse = data("sparse", "--sparse-from", str(dense), "--keep-every", str(args.keep_every))
         reference = dense / "labelsTr"
         figures: dict = {}
         for key, raw in (("dense", dense), ("sparse", sparse)):
-            voxelbase_side(work, raw, key, args.folds, budget, env)
+            voxelbase_side(work, raw, key, sparse_folds, budget, env)
             per_fold = [
                 dense_dice(
                     project,
@@ -220,14 +225,14 @@ def main() -> None:
                     f"vb_{key}_{f}",
                     env,
                 )
-                for f in args.folds
+                for f in sparse_folds
             ]
             figures[("voxelbase", key)] = per_fold
             if run_nnunet:
-                folders = nnunet_side(work, raw, key, splits_of(project, key), args.folds, trainer)
+                folders = nnunet_side(work, raw, key, splits_of(project, key), sparse_folds, trainer)
                 figures[("nnunet", key)] = [
                     dense_dice(project, folder / "validation", reference, f"nn_{key}_{f}", env)
-                    for folder, f in zip(folders, args.folds)
+                    for folder, f in zip(folders, sparse_folds)
                 ]
         rows = []
         for system in ("voxelbase", "nnunet"):
@@ -238,6 +243,7 @@ def main() -> None:
             gap = None if d is None or s is None else d - s
             rows.append({"system": system, "dense": d, "sparse": s, "gap": gap})
         payload["sparse"] = {
+            "folds": sparse_folds,
             "keep_every": args.keep_every,
             "scored_against": "the dense labels, by voxelbase evaluate, for both systems",
             "per_fold": {f"{system}:{key}": v for (system, key), v in figures.items()},
