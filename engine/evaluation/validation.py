@@ -25,19 +25,13 @@ from tqdm import tqdm
 
 from voxelbase.catalog import connect, transaction
 from voxelbase.catalog.datasets import case_geometries, dataset_info
+from voxelbase.catalog.next_stage import next_stage_cases
 from voxelbase.catalog.preprocessed import case_properties
 from voxelbase.catalog.results import clear_metrics, insert_metrics
 from voxelbase.catalog.runs import latest_training_run, record_scoring, record_validation, validation_keys
 from voxelbase.errors import VoxelbaseError
 from voxelbase.evaluation.metrics import case_metrics, regions_of
 from voxelbase.images import ImageFileError, read_image, write_probabilities, write_segmentation
-from voxelbase.inference.next_stage import (
-    next_stage_cases,
-    read_next_stage,
-    segmentation_for_next_stage,
-    with_previous_stage,
-    write_next_stage,
-)
 from voxelbase.inference.probabilities import predict_probabilities
 from voxelbase.networks import load_trained_model, trained_plan
 from voxelbase.plan import CASCADE_STAGES
@@ -46,6 +40,12 @@ from voxelbase.project import Project
 from voxelbase.spec import ExperimentSpec
 from voxelbase.store import read_case, stage_name
 from voxelbase.volumes import probabilities_to_segmentation, revert_probabilities
+from voxelbase.volumes.next_stage import (
+    read_next_stage,
+    segmentation_for_next_stage,
+    with_previous_stage,
+    write_next_stage,
+)
 
 CHECKPOINT = "checkpoint_final.pt"
 NO_SIMPLEITK_SUFFIX = ".segmentation.npz"  # where a machine without SimpleITK keeps a validation segmentation
@@ -230,7 +230,7 @@ def _previous_stage_of(project: Project, spec: ExperimentSpec, plan, case_id: st
 
 class _NextStage:
     """A low-res fold's hand-over to the cascade: each validation case's segmentation at the next stage's
-    preprocessed shape (`voxelbase.inference.next_stage`), written as the cases are predicted and recorded with the
+    preprocessed shape (`voxelbase.volumes.next_stage`), written as the cases are predicted and recorded with the
     validation. Cases the next stage has not preprocessed are skipped (and named)."""
 
     def __init__(self, project: Project, spec: ExperimentSpec, plan, *, fold: str, run_id: int, geometry) -> None:

@@ -43,7 +43,6 @@ from voxelbase.inference.inputs import (
     read_input_case,
 )
 from voxelbase.inference.models import ConfigurationModels, PredictionModels, load_models
-from voxelbase.inference.next_stage import segmentation_for_next_stage, with_previous_stage
 from voxelbase.inference.probabilities import predict_probabilities, predicts_logits, revert_logits
 from voxelbase.preprocessing import preprocess_case
 from voxelbase.project import Project
@@ -55,6 +54,7 @@ from voxelbase.volumes import (
     revert_probabilities,
     segmentation_from_probabilities,
 )
+from voxelbase.volumes.next_stage import segmentation_for_next_stage, with_previous_stage
 
 SPACING_WARN_FACTOR = 2.0  # warn when an axis' spacing is beyond half the smallest / twice the largest trained
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voxelbase.catalog import connect
+from voxelbase.catalog.next_stage import next_stage_cases
 from voxelbase.errors import VoxelbaseError
-from voxelbase.inference.next_stage import next_stage_cases, next_stage_dir
 from voxelbase.parallel import worker_count
 from voxelbase.plan import ConfigurationPlan
 from voxelbase.planning import PlanningError, fold_case_ids, load_plan, load_splits
@@ -23,6 +23,7 @@ from voxelbase.store import stage_name
 from voxelbase.training.augment import initial_patch_size, use_dummy_2d
 from voxelbase.training.loader import StreamSettings
 from voxelbase.training.patches import CaseEntry, load_cases
+from voxelbase.volumes.next_stage import next_stage_dir
 
 # Train settings that choose what to run or where, not what is learned: they never invalidate a trained fold.
 RUN_ONLY_KEYS = frozenset(

@@ -18,6 +18,7 @@ from pathlib import Path
 import voxelbase
 from voxelbase.catalog import connect
 from voxelbase.catalog.datasets import dataset_content_hash, labelled_cases_fingerprint
+from voxelbase.catalog.next_stage import next_stage_cases
 from voxelbase.catalog.plans import plan_fingerprint, splits_fingerprint
 from voxelbase.catalog.preprocessed import preprocessed_fingerprint
 from voxelbase.catalog.steps import step_keys
@@ -66,13 +67,7 @@ def data_fingerprint(project: Project, spec: ExperimentSpec, plan: str, item: tu
             labelled_cases_fingerprint(con, dataset) if args[0] == "all" else splits_fingerprint(con, dataset, args[0])
         ),
         # a cascade stage reads the previous stage's hand-over: which fold and training run made each case's
-        "next_stage": lambda con: digest(
-            con.execute(
-                "SELECT case_id, fold, run_id FROM next_stage_predictions WHERE experiment = ? AND configuration = ? "
-                "ORDER BY case_id",
-                [spec.name, args[0]],
-            ).fetchall()
-        ),
+        "next_stage": lambda con: digest(sorted(next_stage_cases(con, spec.name, args[0]).items())),
     }
     with connect(project, read_only=True) as con:
         return readers[kind](con)

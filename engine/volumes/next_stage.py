@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from voxelbase.catalog.next_stage import record_next_stage
 from voxelbase.plan import ConfigurationPlan
 from voxelbase.project import Project
 from voxelbase.store.layout import write_array
@@ -81,21 +82,16 @@ def write_next_stage(
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
-    con.execute(
-        "INSERT OR REPLACE INTO next_stage_predictions (experiment, configuration, next_configuration, case_id, fold, "
-        "run_id) VALUES (?, ?, ?, ?, ?, ?)",
-        [experiment, plan.configuration, plan.next_stage, case_id, fold, run_id],
+    record_next_stage(
+        con,
+        experiment=experiment,
+        configuration=plan.configuration,
+        next_configuration=plan.next_stage,
+        case_id=case_id,
+        fold=fold,
+        run_id=run_id,
     )
     return final
-
-
-def next_stage_cases(con: duckdb.DuckDBPyConnection, experiment: str, configuration: str) -> dict[str, tuple[str, int]]:
-    """case id -> (fold, training run id) that made its stored hand-over, for one low-res stage."""
-    rows = con.execute(
-        "SELECT case_id, fold, run_id FROM next_stage_predictions WHERE experiment = ? AND configuration = ?",
-        [experiment, configuration],
-    ).fetchall()
-    return {case_id: (fold, int(run_id)) for case_id, fold, run_id in rows}
 
 
 def with_previous_stage(image: np.ndarray, segmentation: np.ndarray, plan: ConfigurationPlan) -> np.ndarray:
