@@ -52,9 +52,32 @@ def resolve_scheduler(scheduler: str | None) -> str | None:
     return chosen
 
 
+# Dask's nanny writes these into the calling process's environment (for the workers it spawns); left there, every
+# later subprocess of the caller (a training run) would start with one thread
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
+@contextmanager
+def _own_environment() -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @contextmanager
 def dask_client(scheduler: str) -> Iterator[Any]:
     """A `distributed.Client` for `scheduler` (`local:N` starts and later stops a LocalCluster of N workers)."""
+    with _own_environment():
+        yield from _dask_client(scheduler)
+
+
+def _dask_client(scheduler: str) -> Iterator[Any]:
     try:
         from distributed import Client, LocalCluster
     except ImportError as error:  # pragma: no cover - the package's `dask` extra installs it

@@ -13,7 +13,7 @@ import dask
 import pytest
 
 from tests.conftest import catalog_snapshot, run_cli, sql_rows
-from voxelbase.parallel import SCHEDULER_ENV, SchedulerError, completed, resolve_scheduler
+from voxelbase.parallel import SCHEDULER_ENV, THREAD_VARIABLES, SchedulerError, completed, resolve_scheduler
 from voxelbase.preprocessing import dataset as preprocessing
 from voxelbase.project import Project
 
@@ -58,8 +58,11 @@ def _store_files(project: Project) -> dict[str, str]:
 def test_a_local_cluster_writes_what_the_pool_writes(raw, tmp_path):
     pool, cluster = Project.resolve(tmp_path / "pool"), Project.resolve(tmp_path / "cluster")
     _prepare(pool, raw, "--workers", "2")
+    threads = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     _prepare(cluster, raw, "--scheduler", "local:2")
     assert os.environ.get(SCHEDULER_ENV) is None  # the option holds for its command only
+    # Dask's one-thread settings for its workers do not leak into this process (a later training would inherit them)
+    assert {name: os.environ.get(name) for name in THREAD_VARIABLES} == threads
     files = _store_files(pool)
     assert len(files) > 20 and _store_files(cluster) == files
     for query in (CASE_ROWS, STAGE_ROWS, LOCATION_ROWS):
