@@ -171,3 +171,11 @@ def test_2d_train_validate_predict_round_trip_keeps_the_geometry(project):
     assert result.GetSpacing() == pytest.approx(source.GetSpacing())
     assert result.GetOrigin() == pytest.approx(source.GetOrigin())
     assert result.GetDirection() == pytest.approx(source.GetDirection())
+
+
+def test_the_transposed_stage_validates_as_ome_zarr(project):
+    _, project = project
+    from tests.test_store_ome_zarr import validate_case
+
+    image = validate_case(case_dir(project, "tx", "demo_000", stage=STAGE))
+    assert [a.name for a in image.attributes.ome.multiscales[0].axes] == ["c", "x", "z", "y"]
