@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import zarr
 
 from voxelbase.catalog.next_stage import record_next_stage
 from voxelbase.plan import ConfigurationPlan
@@ -107,8 +108,6 @@ def with_previous_stage(image: np.ndarray, segmentation: np.ndarray, plan: Confi
 
 def read_next_stage(project: Project, experiment: str, configuration: str, case_id: str) -> np.ndarray | None:
     """A stored hand-over, or None when there is none."""
-    import zarr
-
     path = next_stage_dir(project, experiment, configuration) / case_id
     if not (path / "zarr.json").is_file():
         return None
