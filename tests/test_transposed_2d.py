@@ -15,6 +15,7 @@ import pytest
 import zarr
 
 from tests.conftest import REPO, run_cli, sql_rows, volume_digest
+from tests.test_store_ome_zarr import validate_case
 from voxelbase.catalog import connect
 from voxelbase.catalog.preprocessed import case_properties
 from voxelbase.images import read_image
@@ -175,7 +176,5 @@ def test_2d_train_validate_predict_round_trip_keeps_the_geometry(project):
 
 def test_the_transposed_stage_validates_as_ome_zarr(project):
     _, project = project
-    from tests.test_store_ome_zarr import validate_case
-
     image = validate_case(case_dir(project, "tx", "demo_000", stage=STAGE))
     assert [a.name for a in image.attributes.ome.multiscales[0].axes] == ["c", "x", "z", "y"]
