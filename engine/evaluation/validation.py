@@ -26,7 +26,7 @@ from tqdm import tqdm
 from voxelbase.catalog import connect, transaction
 from voxelbase.catalog.datasets import case_geometries, dataset_info
 from voxelbase.catalog.next_stage import next_stage_cases
-from voxelbase.catalog.preprocessed import case_properties
+from voxelbase.catalog.preprocessed import case_properties, preprocessed_shapes
 from voxelbase.catalog.results import clear_metrics, insert_metrics
 from voxelbase.catalog.runs import latest_training_run, record_scoring, record_validation, validation_keys
 from voxelbase.errors import VoxelbaseError
@@ -126,13 +126,8 @@ def _hand_over_missing(project: Project, spec: ExperimentSpec, *, configuration:
         return False
     with connect(project, read_only=True) as con:
         have = next_stage_cases(con, spec.name, configuration)
-        ids = _validation_cases(project, spec.dataset, fold)
-        ready = [
-            c
-            for c in ids
-            if case_properties(con, spec.dataset, c, plan=plan.plan, configuration=plan.next_stage) is not None
-        ]
-    return any(case_id not in have for case_id in ready)
+        ready = preprocessed_shapes(con, spec.dataset, plan=plan.plan, configuration=plan.next_stage)
+    return any(c in ready and c not in have for c in _validation_cases(project, spec.dataset, fold))
 
 
 def ensure_scored(project: Project, spec: ExperimentSpec, *, configuration: str, fold: str, run_id: int) -> bool:
@@ -234,23 +229,15 @@ class _NextStage:
     validation. Cases the next stage has not preprocessed are skipped (and named)."""
 
     def __init__(self, project: Project, spec: ExperimentSpec, plan, *, fold: str, run_id: int, geometry) -> None:
-        self.project, self.spec, self.plan, self.fold, self.run_id, self.geometry = (
-            project,
-            spec,
-            plan,
-            fold,
-            run_id,
-            geometry,
-        )
+        self.project, self.spec, self.plan, self.fold, self.run_id = project, spec, plan, fold, run_id
+        self.geometry = geometry
         self.next_plan = load_plan(project, spec.dataset, configuration=plan.next_stage, plan=plan.plan)
+        with connect(project, read_only=True) as con:  # every case's target shape, in one query
+            self.shapes = preprocessed_shapes(con, spec.dataset, plan=plan.plan, configuration=plan.next_stage)
         self.pending: list[tuple[str, np.ndarray]] = []
 
     def add(self, case_id: str, probabilities: np.ndarray) -> None:
-        with connect(self.project, read_only=True) as con:
-            target = case_properties(
-                con, self.spec.dataset, case_id, plan=self.plan.plan, configuration=self.plan.next_stage
-            )
-        if target is None:
+        if case_id not in self.shapes:
             tqdm.write(
                 f"{self.plan.next_stage} has not preprocessed {case_id!r}: no cascade input written for it "
                 f"(voxelbase preprocess {self.spec.dataset} -c {self.plan.next_stage}, then validate again)"
@@ -261,7 +248,7 @@ class _NextStage:
             plan=self.plan,
             next_plan=self.next_plan,
             case_spacing=self.geometry[case_id].spacing,
-            shape=target["shape_after_resampling"],
+            shape=self.shapes[case_id],
         )
         self.pending.append((case_id, segmentation))
 
