@@ -367,8 +367,16 @@ def report(ctx: click.Context, experiment: str, output: Path) -> None:
 )
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the spec's train.device).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its latest checkpoint.")
+@click.option(
+    "--world-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train each fold on this many DDP ranks on this machine (one GPU each on CUDA, gloo on the CPU); "
+    "the global batch is split over them. Under torchrun, leave it out.",
+)
 @click.pass_context
-def train(ctx: click.Context, spec: Path, configuration, fold, overrides, device, resume) -> None:
+def train(ctx: click.Context, spec: Path, configuration, fold, overrides, device, resume, world_size) -> None:
     """Train one or more folds of an experiment spec."""
     from voxelbase.workflow.train import train as train_spec
 
@@ -380,6 +388,7 @@ def train(ctx: click.Context, spec: Path, configuration, fold, overrides, device
         overrides=overrides,
         device=device,
         resume=resume,
+        world_size=world_size,
     )
     for r in results:
         note = "already trained to these epochs" if r.status == "skipped" else f"{r.epochs} epochs"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -178,3 +179,20 @@ def tiny_spec(*, name: str = "tiny", dataset: str = "demo", folds: str = "[0, 1]
         f"folds = {folds}\nepochs = 1\niterations_per_epoch = 2\nval_iterations = 1\nnum_workers = 1\n"
         "[predict]\ntta = false\n"
     )
+
+
+@pytest.fixture(scope="session")
+def preprocessed_base(tmp_path_factory) -> Path:
+    """A project with the demo dataset ingested, planned and preprocessed for 3d_fullres (made once)."""
+    root = tmp_path_factory.mktemp("train_base")
+    raw = write_demo_dataset(root / "raw", cases=6, test_cases=0, seed=3, shape=(16, 32, 32))
+    project = Project.resolve(root / "project")
+    run_cli(project, "ingest", str(raw), "--name", "demo")
+    run_cli(project, "plan", "demo")
+    run_cli(project, "preprocess", "demo", "--configuration", "3d_fullres", "--workers", "1")
+    return project.root
+
+
+def copy_project(base: Path, where: Path) -> Project:
+    shutil.copytree(base, where / "project")
+    return Project.resolve(where / "project")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, copy_project, run_cli
 from voxelbase.catalog.queries import run_query
-from voxelbase.ingest.demo import write_demo_dataset
 from voxelbase.planning import load_plan
 from voxelbase.project import Project
 
@@ -41,23 +39,6 @@ num_workers = 1
 [predict]
 tta = false
 """
-
-
-@pytest.fixture(scope="session")
-def preprocessed_base(tmp_path_factory) -> Path:
-    """A project with the demo dataset ingested, planned and preprocessed for 3d_fullres (made once)."""
-    root = tmp_path_factory.mktemp("train_base")
-    raw = write_demo_dataset(root / "raw", cases=6, test_cases=0, seed=3, shape=(16, 32, 32))
-    project = Project.resolve(root / "project")
-    run_cli(project, "ingest", str(raw), "--name", "demo")
-    run_cli(project, "plan", "demo")
-    run_cli(project, "preprocess", "demo", "--configuration", "3d_fullres", "--workers", "1")
-    return project.root
-
-
-def copy_project(base: Path, where: Path) -> Project:
-    shutil.copytree(base, where / "project")
-    return Project.resolve(where / "project")
 
 
 @pytest.fixture

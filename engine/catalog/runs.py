@@ -94,21 +94,36 @@ def start_training_run(
     epochs: int,
     device: str,
     run_dir: str,
+    world_size: int = 1,
 ) -> int:
-    """A new 'running' training run owned by this process; returns its id."""
+    """A new 'running' training run owned by this process (rank 0 of `world_size`); returns its id."""
     return con.execute(
         "INSERT INTO runs (experiment, configuration, fold, kind, status, plan, spec_hash, epochs, device, run_dir, "
-        "pid, host) VALUES (?, ?, ?, 'train', 'running', ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
-        [experiment, configuration, fold, plan, spec_hash, epochs, device, run_dir, os.getpid(), socket.gethostname()],
+        "pid, host, world_size) VALUES (?, ?, ?, 'train', 'running', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
+        [
+            experiment,
+            configuration,
+            fold,
+            plan,
+            spec_hash,
+            epochs,
+            device,
+            run_dir,
+            os.getpid(),
+            socket.gethostname(),
+            world_size,
+        ],
     ).fetchone()[0]
 
 
-def reopen_run(con: duckdb.DuckDBPyConnection, run_id: int, *, epochs: int, spec_hash: str, device: str) -> None:
-    """A resumed or extended run is 'running' again, owned by this process."""
+def reopen_run(
+    con: duckdb.DuckDBPyConnection, run_id: int, *, epochs: int, spec_hash: str, device: str, world_size: int = 1
+) -> None:
+    """A resumed or extended run is 'running' again, owned by this process, with the world size it resumes with."""
     con.execute(
         "UPDATE runs SET status = 'running', epochs = ?, spec_hash = ?, device = ?, error = NULL, finished_at = NULL, "
-        "pid = ?, host = ? WHERE run_id = ?",
-        [epochs, spec_hash, device, os.getpid(), socket.gethostname(), run_id],
+        "pid = ?, host = ?, world_size = ? WHERE run_id = ?",
+        [epochs, spec_hash, device, os.getpid(), socket.gethostname(), world_size, run_id],
     )
 
 

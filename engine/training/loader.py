@@ -41,6 +41,7 @@ class StreamSettings:
     annotated_only: bool = False  # an ignore label: centre patches on annotated voxels (nnU-Net's sparse rule)
     # a cascade stage: the previous stage's segmentation, read beside the label, becomes one-hot input channels
     previous_stage_labels: tuple[int, ...] = ()
+    rank: int = 0  # a distributed run's rank: each rank draws its own batches
 
 
 @dataclass
@@ -55,9 +56,11 @@ class Batch:
     params: AugmentParams | None = None
 
 
-def batch_generator(seed: int, index: int, stream: int) -> np.random.Generator:
-    """Independent, reproducible random streams per batch: stream 0 picks patches, 1 augments."""
-    return np.random.default_rng([seed, index, stream])
+def batch_generator(seed: int, index: int, stream: int, rank: int = 0) -> np.random.Generator:
+    """Independent, reproducible random streams per batch: stream 0 picks patches, 1 augments, 2 the cascade's
+    extra augmentation. Rank r > 0 of a distributed run draws from streams no other rank (and no single process)
+    draws from."""
+    return np.random.default_rng([seed, index, stream] if rank == 0 else [seed, index, stream, rank])
 
 
 def _join_previous(label: torch.Tensor, settings: StreamSettings) -> torch.Tensor:
@@ -80,7 +83,7 @@ def attach_previous_stage(batch: Batch, settings: StreamSettings, *, joined: boo
         label, previous = batch.label[:, :1].clamp(min=0), batch.label[:, 1:].clamp(min=0)
     onehot = previous_stage_onehot(previous, settings.previous_stage_labels)
     if settings.augment is not None:
-        onehot = augment_previous_stage(onehot, generator=batch_generator(settings.seed, batch.index, 2))
+        onehot = augment_previous_stage(onehot, generator=batch_generator(settings.seed, batch.index, 2, settings.rank))
     image = torch.cat([batch.image, onehot.to(batch.image.dtype)], dim=1)
     return dataclasses.replace(batch, image=image, label=label.to(batch.label.dtype))
 
@@ -92,7 +95,9 @@ def augment_batch(batch: Batch, settings: StreamSettings, *, device: torch.devic
         return batch
     if settings.augment is None:
         return attach_previous_stage(batch, settings, joined=False)
-    generator = torch.Generator().manual_seed(int(batch_generator(settings.seed, batch.index, 1).integers(2**62)))
+    generator = torch.Generator().manual_seed(
+        int(batch_generator(settings.seed, batch.index, 1, settings.rank).integers(2**62))
+    )
     params = draw_params(
         settings.augment,
         batch_size=batch.image.shape[0],
@@ -162,7 +167,7 @@ class PatchStream:
         """Batch `index`, read (and padded) but not augmented."""
         s = self.settings
         requests = sample_batch(
-            batch_generator(s.seed, index, 0),
+            batch_generator(s.seed, index, 0, s.rank),
             self.cases,
             batch_size=s.batch_size,
             read_size=s.read_size,

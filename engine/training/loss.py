@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from voxelbase.training.distributed import sum_over_ranks
+
 DICE_SMOOTH = 1e-5
 
 
@@ -34,14 +36,19 @@ def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> list[list[float
     return scales
 
 
-def deep_supervision_weights(n_outputs: int, *, factor: float = 0.5, drop_lowest: bool = True) -> list[float]:
+def deep_supervision_weights(
+    n_outputs: int, *, factor: float = 0.5, drop_lowest: bool = True, ddp: bool = False
+) -> list[float]:
     """factor^i per output, the lowest resolution set to 0, normalized to sum to 1 (nnU-Net's choice: the coarsest
-    output is too coarse to teach anything useful). A single output gets weight 1."""
+    output is too coarse to teach anything useful). A single output gets weight 1.
+
+    Under DDP the lowest gets 1e-6 instead of 0, as in nnU-Net's DDP trainer: a parameter without a gradient would
+    keep DDP from ever averaging its bucket."""
     if n_outputs <= 1:
         return [1.0] * n_outputs
     weights = [factor**i for i in range(n_outputs)]
     if drop_lowest:
-        weights[-1] = 0.0
+        weights[-1] = 1e-6 if ddp else 0.0
     total = sum(weights)
     return [w / total for w in weights]
 
@@ -81,9 +88,18 @@ def region_targets(target: torch.Tensor, regions: Sequence[Sequence[int]]) -> to
 
 
 def _dice_from(
-    probs: torch.Tensor, onehot: torch.Tensor, *, mask: torch.Tensor | None, batch_dice: bool, smooth: float
+    probs: torch.Tensor,
+    onehot: torch.Tensor,
+    *,
+    mask: torch.Tensor | None,
+    batch_dice: bool,
+    smooth: float,
+    ddp: bool = False,
 ) -> torch.Tensor:
-    """-mean soft Dice of probability maps against one-hot targets (B, K, *spatial), voxels under mask == 0 left out."""
+    """-mean soft Dice of probability maps against one-hot targets (B, K, *spatial), voxels under mask == 0 left out.
+
+    `ddp` with `batch_dice`: the sums run over every rank's batch (gathered with gradients, nnU-Net's DDP Dice);
+    each rank's batch is summed first, so ranks may hold batches of different sizes."""
     axes = tuple(range(2, probs.ndim))
     with torch.no_grad():
         if mask is not None:
@@ -95,6 +111,8 @@ def _dice_from(
     sum_pred = probs.sum(axes, dtype=torch.float32)
     if batch_dice:
         intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+        if ddp:
+            intersect, sum_pred, sum_gt = sum_over_ranks(intersect), sum_over_ranks(sum_pred), sum_over_ranks(sum_gt)
     dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
     return -dice.mean()
 
@@ -109,6 +127,7 @@ def region_dice_bce(
     smooth: float = DICE_SMOOTH,
     weight_dice: float = 1.0,
     weight_ce: float = 1.0,
+    ddp: bool = False,
 ) -> torch.Tensor:
     """nnU-Net's DC_and_BCE_loss of (B, R, *spatial) logits against a (B, 1, *spatial) label map."""
     onehot = region_targets(target, regions)
@@ -120,6 +139,7 @@ def region_dice_bce(
         mask=None if mask is None else mask.to(torch.float32),
         batch_dice=batch_dice,
         smooth=smooth,
+        ddp=ddp,
     )
     if mask is None:
         bce = F.binary_cross_entropy_with_logits(logits, onehot_f)
@@ -137,6 +157,7 @@ def soft_dice_loss(
     smooth: float = DICE_SMOOTH,
     mask: torch.Tensor | None = None,
     include_background: bool = False,
+    ddp: bool = False,
 ) -> torch.Tensor:
     """Negative mean soft Dice over the classes (nnU-Net's MemoryEfficientSoftDiceLoss; background left out
     unless `include_background`, as nnU-Net's do_bg=False).
@@ -150,7 +171,7 @@ def soft_dice_loss(
         onehot = torch.zeros(logits.shape, device=logits.device, dtype=torch.float32)
         onehot.scatter_(1, target.long(), 1)
         onehot = onehot[:, first:]
-    return _dice_from(probs, onehot, mask=mask, batch_dice=batch_dice, smooth=smooth)
+    return _dice_from(probs, onehot, mask=mask, batch_dice=batch_dice, smooth=smooth, ddp=ddp)
 
 
 class DiceCELoss(nn.Module):
@@ -175,13 +196,16 @@ class DiceCELoss(nn.Module):
         ds_factor: float = 0.5,
         ds_drop_lowest: bool = True,
         regions: Sequence[Sequence[int]] | None = None,
+        ddp: bool = False,
     ) -> None:
+        """`ddp`: one rank of a distributed run; batch Dice then sums over every rank's batch."""
         super().__init__()
+        self.ddp = ddp
         self.regions = [tuple(int(v) for v in r) for r in regions] if regions else None
         self.batch_dice = batch_dice
         self.ds_scales = [list(s) for s in ds_scales] if ds_scales is not None else None
         self.weights = (
-            deep_supervision_weights(len(self.ds_scales), factor=ds_factor, drop_lowest=ds_drop_lowest)
+            deep_supervision_weights(len(self.ds_scales), factor=ds_factor, drop_lowest=ds_drop_lowest, ddp=ddp)
             if self.ds_scales
             else [1.0]
         )
@@ -205,6 +229,7 @@ class DiceCELoss(nn.Module):
                 smooth=self.smooth,
                 weight_dice=self.weight_dice,
                 weight_ce=self.weight_ce,
+                ddp=self.ddp,
             )
         mask = None
         target_dice = target
@@ -220,6 +245,7 @@ class DiceCELoss(nn.Module):
                 mask=mask,
                 smooth=self.smooth,
                 include_background=self.include_background,
+                ddp=self.ddp,
             )
             if self.weight_dice
             else 0

@@ -54,9 +54,9 @@ def start_run(project: Project, **values) -> int:
         return runs.start_training_run(con, **values)
 
 
-def reopen_run(project: Project, run_id: int, *, epochs: int, spec_hash: str, device: str) -> None:
+def reopen_run(project: Project, run_id: int, *, epochs: int, spec_hash: str, device: str, world_size: int = 1) -> None:
     with transaction(project) as con:
-        runs.reopen_run(con, run_id, epochs=epochs, spec_hash=spec_hash, device=device)
+        runs.reopen_run(con, run_id, epochs=epochs, spec_hash=spec_hash, device=device, world_size=world_size)
 
 
 def finish_run(project: Project, run_id: int, *, status: str, error: str | None = None) -> None:
