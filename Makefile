@@ -18,7 +18,7 @@ venv: $(BIN)/voxelbase
 
 demo: venv
 	rm -rf $(DEMO_PROJECT) $(DEMO_DATA) demo-predictions demo-report
-	$(BIN)/voxelbase demo-data $(DEMO_DATA) --kind ct-quick --cases 10 --test-cases 2 --shape 16 40 40
+	$(BIN)/voxelbase demo-data $(DEMO_DATA) --kind ct-quick --cases 20 --test-cases 2 --shape 16 40 40
 	$(BIN)/voxelbase --project $(DEMO_PROJECT) run examples/demo.toml
 	$(BIN)/voxelbase --project $(DEMO_PROJECT) predict --experiment demo --input $(DEMO_DATA)/imagesTs --output demo-predictions --no-tta
 	$(BIN)/voxelbase --project $(DEMO_PROJECT) compare demo

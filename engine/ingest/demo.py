@@ -48,13 +48,15 @@ KINDS = {
     "ct": Anatomy(),
     "ct-quick": Anatomy(
         liver_scale=1.4,
-        tumor_scale=2.0,
+        tumor_scale=1.8,
         tumor_offset=0.4,
         kidney_scale=2.0,
         kidney_spread=1.4,
-        tumor_hu=160.0,
-        kidney_hu=240.0,
-        noise_hu=10.0,
+        body_hu=20.0,
+        liver_hu=110.0,
+        tumor_hu=180.0,
+        kidney_hu=250.0,
+        noise_hu=6.0,
     ),
 }
 
