@@ -11,6 +11,7 @@ Steps, each timed and summarised (the JSON of the summary goes to DIR/gpu_smoke.
    imported, so the same code runs where only torch and the packages below are installed.
 2. train: `train_and_validate` on fold 0, 2 epochs of `--iterations`, amp bf16 on CUDA, float32 on the CPU (on CUDA: augmentation on the GPU, pinned
    batches), then the end-of-fold validation (sliding window on the device).
+   Then fold 1 on every GPU with `--world-size` (DDP, NCCL; two GPUs or more, skipped on one), iterations/s.
 3. sliding window: the trained network on one preprocessed case, device vs CPU float32 logits (max |diff| and
    argmax agreement, amp off and on), and seconds per case with and without mirroring on a volume twice the patch.
 4. train step: `benchmarks.train_step`'s Voxelbase worker on this project's plan, plain and channels-last.
@@ -157,6 +158,35 @@ def train(project, *, device: str, iterations: int, val_iterations: int, workers
         ],
         "validation_metric_rows": dice["n"],
         "validation_mean_dice": None if dice["dice"] is None else round(dice["dice"], 4),
+    }
+
+
+def ddp(project, *, device: str, iterations: int, workers: int) -> dict:
+    """Fold 1 on every GPU (`--world-size` = the GPU count, NCCL) at the same global batch as fold 0's single-GPU
+    run: iterations/s of both. Needs two GPUs or more."""
+    import torch
+
+    from voxelbase.catalog.queries import run_query
+    from voxelbase.spec import parse_spec
+    from voxelbase.workflow.train import train_and_validate
+
+    gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
+    if gpus < 2:
+        return {"skipped": f"{gpus} GPU(s): DDP needs two or more"}
+    spec = parse_spec(
+        f'name = "gpu_smoke"\ndataset = "{DATASET}"\n[train]\nfolds = [1]\nepochs = 2\n'
+        f"iterations_per_epoch = {iterations}\nval_iterations = 2\nnum_workers = {workers}\n"
+        'amp = "bf16"\nvalidate = false\n'
+    )
+    result = train_and_validate(project, spec, configuration=CONFIGURATION, fold="1", device=device, world_size=gpus)
+    seconds = run_query(
+        "SELECT fold, world_size, epochs.seconds FROM epochs JOIN runs USING (run_id) WHERE epoch = 1 ORDER BY fold",
+        project=project,
+    ).to_pylist()
+    return {
+        "status": result.status,
+        "world_size": gpus,
+        "iterations_per_s": {f"fold {r['fold']} x{r['world_size']}": iterations / r["seconds"] for r in seconds},
     }
 
 
@@ -318,6 +348,8 @@ def main() -> None:
                 project, device=args.device, iterations=iterations, val_iterations=val_iterations, workers=workers
             )
         run_dir = Path(summary["train"]["run_dir"])
+        with timed(summary, "ddp"):
+            summary["ddp"] = ddp(project, device=args.device, iterations=iterations, workers=workers)
         with timed(summary, "sliding_window"):
             summary["sliding_window"] = sliding_window(project, run_dir, device=args.device, scale=1 if quick else 2)
         with timed(summary, "train_step"):

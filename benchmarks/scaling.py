@@ -10,6 +10,9 @@ dask: `voxelbase preprocess` of the same cases with the local process pool (`--w
       started by the command (`--scheduler local:2`) and a Dask cluster already running (`--scheduler
       tcp://...`, 2 worker processes), alternating, `--repeats` times each from an empty stage; wall clock of the
       command, the fastest run reported.
+s3:   the patch stream (`benchmarks.loader`'s measurement: `read`, no augmentation, one thread; `augment_2`, two
+      worker threads) over the same preprocessed cases in a local store and in an `s3://` store served by an
+      S3-compatible server started here on 127.0.0.1 (moto, its own process); patches/s of each.
 The data is the project's own sample data (`voxelbase demo-data`).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -128,9 +132,85 @@ def dask(project: Path, args) -> list[dict]:
     ]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def s3(work: Path, args) -> list[dict]:
+    import os
+
+    from benchmarks.loader import run_voxelbase
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    saved = dict(os.environ)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="benchmark",
+        AWS_SECRET_ACCESS_KEY="benchmark",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+    )
+    try:
+        import s3fs
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s3fs.S3FileSystem(skip_instance_cache=True).mkdir("voxelbase-bench")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        raw = work / "raw"
+        projects = {"local store": work / "project", "s3:// store (moto, 127.0.0.1)": work / "s3project"}
+        first = ["--store", "s3://voxelbase-bench/project"]
+        timed(
+            voxelbase_command(
+                "--project",
+                str(projects["s3:// store (moto, 127.0.0.1)"]),
+                *first,
+                "ingest",
+                str(raw),
+                "--name",
+                "synth",
+            )
+        )
+        rows = []
+        for store, project in projects.items():
+            vb = ["--project", str(project)]
+            if store != "local store":
+                timed(voxelbase_command(*vb, "plan", "synth"))
+            timed(voxelbase_command(*vb, "preprocess", "synth", "-c", "3d_fullres", "--workers", "2"))
+        for mode in ("read", "augment_2"):
+            for store, project in projects.items():
+                best = max(
+                    (run_voxelbase(project, mode, batches=args.batches) for _ in range(args.repeats)),
+                    key=lambda r: r["patches"] / r["seconds"],
+                )
+                rows.append({"store": store, "mode": mode, "patches_per_s": best["patches"] / best["seconds"]})
+        local = {r["mode"]: r["patches_per_s"] for r in rows if r["store"] == "local store"}
+        for row in rows:
+            row["vs_local"] = row["patches_per_s"] / local[row["mode"]]
+        return rows
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server.terminate()
+        server.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", nargs="+", default=["ddp", "dask"], choices=["ddp", "dask"])
+    parser.add_argument("--part", nargs="+", default=["ddp", "dask", "s3"], choices=["ddp", "dask", "s3"])
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--shape", type=int, nargs=3, default=[32, 64, 64])
     parser.add_argument("--iterations", type=int, default=10)
@@ -139,6 +219,7 @@ def main() -> None:
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=30, help="batches per patch-stream measurement (s3)")
     args = parser.parse_args()
     results = {"machine": machine(), "cases": args.cases, "shape": args.shape}
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,6 +229,10 @@ def main() -> None:
             rows = dask(project, args)
             print_table(f"preprocessing {args.cases} cases, fastest of {args.repeats}", rows)
             results["dask"] = rows
+        if "s3" in args.part:
+            rows = s3(work, args)
+            print_table(f"patch stream, {args.batches} batches, best of {args.repeats}", rows)
+            results["s3"] = rows
         if "ddp" in args.part:
             rows = ddp(project, work, args)
             print_table(f"DDP training on {args.device}, global batch {args.batch}", rows)

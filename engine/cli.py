@@ -38,11 +38,26 @@ def _project(ctx: click.Context) -> Project:
     default=None,
     help="Project directory (default: $VOXELBASE_PROJECT or ./voxelbase-project).",
 )
+@click.option(
+    "--store",
+    metavar="URL",
+    default=None,
+    help="Where a new project keeps its Zarr store: an fsspec URL (s3://bucket/prefix; credentials and endpoint "
+    "from the AWS_* variables or profile) or a local folder (default: PROJECT/store). The catalog records it, so "
+    "later commands need no --store; another location for an existing project is an error.",
+)
 @click.pass_context
-def cli(ctx: click.Context, project: Path | None) -> None:
+def cli(ctx: click.Context, project: Path | None, store: str | None) -> None:
     """Voxelbase: self-configuring 3D segmentation over a dataset database (Zarr + DuckDB)."""
     ctx.ensure_object(dict)
-    ctx.obj["project"] = Project.resolve(project)
+    try:
+        ctx.obj["project"] = Project.resolve(project, store=store)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--store") from error
+    if store is not None:  # refuse another project's location before any command touches a store
+        from voxelbase.store.location import check_store_location
+
+        check_store_location(ctx.obj["project"])
 
 
 def _use_scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

@@ -15,6 +15,7 @@ import duckdb
 
 from voxelbase.catalog.atomic import atomic
 from voxelbase.catalog.migrations import migrate, migration_files
+from voxelbase.catalog.store_location import recorded_store, settle_store_location
 from voxelbase.errors import VoxelbaseError
 from voxelbase.project import Project
 
@@ -33,35 +34,52 @@ def _is_lock_error(error: Exception) -> bool:
 def open_connection(
     project: Project, *, read_only: bool = False, wait: float = LOCK_WAIT_SECONDS
 ) -> duckdb.DuckDBPyConnection:
-    """Open the catalog, creating and migrating it when writing; waits while another process holds the lock."""
+    """Open the catalog, creating and migrating it when writing; waits while another process holds the lock.
+
+    Every connection also settles where the project's store lives (`settle_store_location`): a new project records
+    the location it was created with, and a location that is not the project's is refused before anything is done."""
     path = project.catalog_path
     if read_only and not path.exists():
         raise CatalogError(f"no catalog at {path}: ingest a dataset first (voxelbase ingest SOURCE --name NAME)")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    con = _connect(path, read_only=read_only, wait=wait)
+    if read_only and _behind(con):  # a catalog made by an older version: migrate it once, then read
+        con.close()
+        open_connection(project, wait=wait).close()
+        return open_connection(project, read_only=True, wait=wait)
+    try:
+        if not read_only:
+            migrate(con)
+        settle_store_location(con, project, created=created, read_only=read_only)
+    except Exception:
+        con.close()
+        raise
+    return con
+
+
+def _connect(path, *, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + wait
     delay = 0.05
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            break
+            return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as error:
             if not _is_lock_error(error) or time.monotonic() > deadline:
                 raise CatalogError(f"cannot open the catalog {path}: {error}") from error
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
-    if read_only:
-        if _behind(con):  # a catalog made by an older version: migrate it once, then read
-            con.close()
-            open_connection(project, wait=wait).close()
-            return open_connection(project, read_only=True, wait=wait)
-        return con
+
+
+def read_store_location(project: Project, *, wait: float = LOCK_WAIT_SECONDS) -> str | None:
+    """The store location the catalog records (None: `<project>/store`), read without migrating anything: worker
+    processes ask this, and they never write the catalog."""
+    con = _connect(project.catalog_path, read_only=True, wait=wait)
     try:
-        migrate(con)
-    except Exception:
+        return recorded_store(con)
+    finally:
         con.close()
-        raise
-    return con
 
 
 def _behind(con: duckdb.DuckDBPyConnection) -> bool:

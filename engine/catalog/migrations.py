@@ -40,7 +40,8 @@ def upgrade_store_from_catalog(con: duckdb.DuckDBPyConnection, store_root: Path 
         row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
         if not row or not row[0]:  # an in-memory catalog has no store
             return 0
-        store_root = Project(Path(row[0]).resolve().parent).store_path
+        # a catalog that predates 010 predates store locations (014) too: its store is the project's own folder
+        store_root = Project(Path(row[0]).resolve().parent).default_store_path
     raw: dict[str, dict] = {}
 
     def geometry_of(dataset: str, stage: str, case_id: str) -> CaseGeometry | None:

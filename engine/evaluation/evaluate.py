@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from voxelbase.catalog import connect, transaction
 from voxelbase.catalog.datasets import case_geometries, dataset_info, dataset_regions, foreground_label_values
@@ -29,6 +28,7 @@ from voxelbase.images import Geometry, ImageFileError, read_image
 from voxelbase.parallel import completed, worker_count
 from voxelbase.project import Project
 from voxelbase.store import case_dir
+from voxelbase.store.location import StorePath, open_array
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl.gz", ".gipl", ".tif", ".tiff")
 
@@ -44,7 +44,7 @@ class CaseTask:
     case_id: str
     prediction: Path
     reference: Path | None = None  # a reference file, or None to read the dataset's stored label
-    store_label: Path | None = None  # the case's raw label Zarr array
+    store_label: StorePath | None = None  # the case's raw label Zarr array (a local or object-storage path)
     geometry: Geometry | None = None  # the stored label's
 
 
@@ -90,7 +90,7 @@ def load_case_pair(task: CaseTask) -> tuple[np.ndarray, np.ndarray, tuple[float,
         ref, ref_geometry = _read(task.reference)
         where = f"reference {task.reference}"
     else:
-        ref = zarr.open_array(str(task.store_label), mode="r")[...]
+        ref = open_array(task.store_label)[...]
         ref_geometry = task.geometry
         where = f"the stored label of case {task.case_id!r}"
     if pred.shape != ref.shape:

@@ -14,6 +14,7 @@ from voxelbase.images import Geometry, ImageFileError, file_hash, read_channels,
 from voxelbase.ingest.errors import IngestError
 from voxelbase.ingest.layouts import CaseSource
 from voxelbase.store.layout import spatial_chunks, write_case
+from voxelbase.store.location import StorePath
 from voxelbase.store.ome import CaseGeometry
 
 SAMPLES_PER_CASE = 10_000  # foreground intensity samples per case and channel, drawn with replacement
@@ -66,7 +67,7 @@ def _read_case(source: CaseSource, *, declared: frozenset[int]) -> tuple[np.ndar
     return image, label, geometry
 
 
-def ingest_case(source: CaseSource, staging: Path, *, declared: frozenset[int], n_channels: int) -> CaseRecord:
+def ingest_case(source: CaseSource, staging: StorePath, *, declared: frozenset[int], n_channels: int) -> CaseRecord:
     """Read, validate, measure and store one case under `staging/<case_id>`."""
     image, label, geometry = _read_case(source, declared=declared)
     if image.shape[0] != n_channels:

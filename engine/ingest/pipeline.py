@@ -3,6 +3,7 @@
 Cases are processed one per worker process (memory stays bounded by a few cases) and written to a staging
 folder. Only when every case is valid does the main process record them in one catalog transaction and
 swap the staging folder into place, so an error, a crash or Ctrl-C leaves earlier datasets exactly as they were.
+On object storage the swap is `replace_tree`'s ordered copy (`voxelbase.store.location`): there is no rename.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from voxelbase.ingest.layouts import DatasetSource, check_case_id, discover
 from voxelbase.parallel import completed, worker_count
 from voxelbase.project import Project
 from voxelbase.store.layout import RAW_STAGE, dataset_dir
+from voxelbase.store.location import StorePath, is_remote, remove_if_empty, remove_tree, replace_tree
 from voxelbase.store.ome import ensure_hierarchy
 
 HASH_MARKER = ".content_hash"
@@ -101,9 +102,8 @@ def ingest_dataset(
         _commit(project, name, described, records, content_hash, staging)
     finally:
         if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        if target.exists() and not any(target.iterdir()):
-            target.rmdir()
+            remove_tree(staging)
+        remove_if_empty(target)
     n_train, n_test = _counts(described)
     total_bytes = sum(r.case["source_bytes"] for r in records)
     return IngestResult(
@@ -111,7 +111,7 @@ def ingest_dataset(
     )
 
 
-def _recover_interrupted(target: Path, catalog_hash: str | None) -> None:
+def _recover_interrupted(target: StorePath, catalog_hash: str | None) -> None:
     """Finish or undo what a killed ingest of this dataset left behind; the catalog decides which.
 
     The catalog commits before the staged arrays are swapped in, so a staging folder whose recorded content
@@ -125,22 +125,29 @@ def _recover_interrupted(target: Path, catalog_hash: str | None) -> None:
         if catalog_hash is not None and marker.is_file() and marker.read_text() == catalog_hash:
             _swap_in(staged, raw)
     for leftover in target.glob(".raw-staging-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    for retired in target.glob(".raw-retired-*"):
+        remove_tree(leftover)
+    for retired in target.glob(".raw-retired-*"):  # local stores only: object storage has no rename to retire by
         if not raw.exists():
             retired.rename(raw)
         else:
-            shutil.rmtree(retired, ignore_errors=True)
+            remove_tree(retired)
 
 
-def _swap_in(staged: Path, raw: Path) -> None:
+def _swap_in(staged: StorePath, raw: StorePath) -> None:
+    if is_remote(raw):
+        # the ordered copy: every case's group node lands after its arrays, so no half-copied case is visible;
+        # the staged copy (and its hash marker) stays until the copy is complete, for recovery to redo it
+        replace_tree(staged, raw)
+        (raw / HASH_MARKER).unlink(missing_ok=True)
+        ensure_hierarchy(raw.parent.parent, raw.parent.name, RAW_STAGE)
+        return
     retired = raw.with_name(f".raw-retired-{uuid.uuid4().hex[:12]}")
     if raw.exists():
         raw.rename(retired)
     staged.rename(raw)
     (raw / HASH_MARKER).unlink(missing_ok=True)
     ensure_hierarchy(raw.parent.parent, raw.parent.name, RAW_STAGE)  # store root, dataset and `raw` are groups
-    shutil.rmtree(retired, ignore_errors=True)
+    remove_tree(retired)
 
 
 def _counts(source: DatasetSource) -> tuple[int, int]:
@@ -148,7 +155,7 @@ def _counts(source: DatasetSource) -> tuple[int, int]:
     return n_train, len(source.cases) - n_train
 
 
-def _ingest_cases(source: DatasetSource, staging: Path, *, workers: int | None) -> list[CaseRecord]:
+def _ingest_cases(source: DatasetSource, staging: StorePath, *, workers: int | None) -> list[CaseRecord]:
     """Every case through `ingest_case` in worker processes; the first bad case stops the others."""
     work = functools.partial(
         ingest_case, staging=staging, declared=source.declared_values, n_channels=len(source.channel_names)
@@ -162,7 +169,7 @@ def _ingest_cases(source: DatasetSource, staging: Path, *, workers: int | None) 
 
 
 def _commit(
-    project: Project, name: str, source: DatasetSource, records: list[CaseRecord], content_hash: str, staging: Path
+    project: Project, name: str, source: DatasetSource, records: list[CaseRecord], content_hash: str, staging: StorePath
 ) -> None:
     """Record every case in one transaction, then swap the staged arrays into `store/<name>/raw`.
 

@@ -2,7 +2,8 @@
 
 Cases are independent, so they go to spawned worker processes one at a time; memory stays bounded by one case per
 worker. Workers read the raw Zarr arrays, preprocess, and write the case under a hidden temporary name that is
-renamed into place only when complete; they never touch the catalog. The main process records each finished case
+renamed into place only when complete (on object storage: copied into place, the case's group node last; see
+`voxelbase.store.location`); they never touch the catalog. The main process records each finished case
 in its own short transaction. A killed run therefore leaves finished cases recorded and at most some temporary
 folders, which the next run deletes before redoing what is missing. Cases whose inputs (source bytes, plan, code
 version) are unchanged since they were stored are skipped.
@@ -11,10 +12,8 @@ version) are unchanged since they were stored are skipped.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from voxelbase.preprocessing.records import (
 from voxelbase.project import Project
 from voxelbase.store.layout import (
     case_dir,
+    case_exists,
     patch_chunks,
     read_case,
     stage_dir,
@@ -43,6 +43,7 @@ from voxelbase.store.layout import (
     write_array,
     write_stage_groups,
 )
+from voxelbase.store.location import StorePath, make_dirs, remove_tree, replace_tree
 from voxelbase.store.ome import read_case_geometry, write_case_group
 
 PARTIAL = ".partial-"
@@ -58,6 +59,7 @@ class CaseTask:
     plan: ConfigurationPlan
     spacing: tuple[float, float, float]
     input_hash: str
+    store: str | None = None  # the store location the main process settled: workers need not ask the catalog
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class PreprocessResult:
     skipped: tuple[str, ...]
     seconds: float
     stored_bytes: int
-    store: Path
+    store: StorePath
 
     def summary(self) -> str:
         return (
@@ -94,16 +96,15 @@ def _label_dtype(label: np.ndarray) -> np.dtype:
 def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
     """Worker: raw Zarr -> preprocess -> `<stage>/<case>` written whole under a temporary name, then renamed."""
     started = time.perf_counter()
-    project = Project.resolve(task.project_root)
+    project = Project.resolve(task.project_root, store=task.store)
     image, label = read_case(project, task.dataset, task.case_id)
     image, label, properties = preprocess_case(image, label, spacing=task.spacing, plan=task.plan)
     stage = stage_dir(project, task.dataset, task.stage)
     final = stage / task.case_id
     partial = stage / f".{task.case_id}{PARTIAL}{os.getpid()}"
     try:
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
+        remove_tree(partial)
+        make_dirs(partial)
         chunks = patch_chunks(image.shape[1:], task.plan.patch_size)
         axes = tuple("zyx"[a] for a in task.plan.axes_forward)  # the stored order (transposed 2d: e.g. x, z, y)
         write_array(partial / "image", image, chunks=(1, *chunks), axes=("c", *axes))
@@ -115,11 +116,9 @@ def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
         spacing = [properties["target_spacing"][b] for b in backward]
         write_case_group(partial, raw and raw.cropped(start, spacing=spacing), case_id=task.case_id, axes=axes)
         (partial / HASH_FILE).write_text(task.input_hash)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        replace_tree(partial, final)
     except BaseException as error:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree(partial)
         if isinstance(error, OSError):
             raise PreprocessingError(
                 f"could not write preprocessed case {task.case_id!r} to {final}: {error}"
@@ -128,17 +127,17 @@ def preprocess_stored_case(task: CaseTask) -> CaseOutcome:
     return CaseOutcome(task.case_id, properties, store_bytes(final), time.perf_counter() - started)
 
 
-def _is_stored(stage: Path, case_id: str, digest: str) -> bool:
+def _is_stored(stage: StorePath, case_id: str, digest: str) -> bool:
     marker = stage / case_id / HASH_FILE
-    return marker.is_file() and marker.read_text() == digest
+    return marker.is_file() and marker.read_text() == digest and case_exists(stage / case_id)
 
 
-def _remove_partials(stage: Path) -> None:
+def _remove_partials(stage: StorePath) -> None:
     """Temporary folders of killed runs: never complete, so they can always go."""
     if stage.is_dir():
         for path in stage.iterdir():
             if path.name.startswith(".") and PARTIAL in path.name:
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
 
 
 class _Recorder:
@@ -194,6 +193,7 @@ def preprocess_dataset(
     started = time.perf_counter()
     resolved = Project.resolve(project)
     inputs = read_inputs(resolved, name, configuration=configuration, plan=plan)
+    store = str(resolved.store_path)
     if not inputs.cases:
         raise PreprocessingError(f"dataset {name!r} has no labelled training cases to preprocess")
     stage = stage_name(inputs.plan_name, configuration)
@@ -209,7 +209,7 @@ def preprocess_dataset(
         and _is_stored(stage_path, c.case_id, digests[c.case_id])
     ]
     tasks = [
-        CaseTask(str(resolved.root), name, c.case_id, stage, inputs.plan, c.spacing, digests[c.case_id])
+        CaseTask(str(resolved.root), name, c.case_id, stage, inputs.plan, c.spacing, digests[c.case_id], store)
         for c in inputs.cases
         if c.case_id not in set(skipped)
     ]

@@ -1,7 +1,9 @@
-"""The Zarr v3 store: case layout, chunking, compression and reads; group nodes and OME-Zarr metadata (`ome`)."""
+"""The Zarr v3 store: case layout, chunking, compression and reads; group nodes and OME-Zarr metadata (`ome`); where
+the store lives (a local folder or object storage) and the file operations on it (`location`)."""
 
 from voxelbase.store.layout import (
     case_dir,
+    case_exists,
     dataset_dir,
     open_case_arrays,
     patch_chunks,
@@ -12,11 +14,14 @@ from voxelbase.store.layout import (
     write_case,
     write_stage_groups,
 )
+from voxelbase.store.location import StoreError
 from voxelbase.store.ome import CaseGeometry, upgrade_store
 
 __all__ = [
     "CaseGeometry",
+    "StoreError",
     "case_dir",
+    "case_exists",
     "dataset_dir",
     "open_case_arrays",
     "patch_chunks",

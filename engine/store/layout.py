@@ -4,6 +4,8 @@ Layout: `store/<dataset>/raw/<case>/{image,label}` as ingested and
 `store/<dataset>/<plan>/<configuration>/<case>/{image,label}` preprocessed; every folder down to each case is a
 Zarr group and each case carries OME-Zarr 0.5 geometry (`voxelbase.store.ome`). Arrays are Blosc-compressed
 (zstd, byte shuffle) through Zarr's own codecs; chunks are sized so that a training patch touches few chunks.
+The store's root is a local folder or an object-storage prefix; every read and write goes through
+`voxelbase.store.location`, so the paths here are `Path` or `UPath` alike (`StorePath`).
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from voxelbase.project import Project
-from voxelbase.store.ome import CaseGeometry, dimension_names, ensure_hierarchy, write_case_group
+from voxelbase.store.location import StorePath, is_remote, make_dirs, open_array, tree_bytes, zarr_store
+from voxelbase.store.ome import NODE, CaseGeometry, dimension_names, ensure_hierarchy, write_case_group
 
 RAW_STAGE = "raw"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # case ids and dataset names become folder names
@@ -38,11 +40,11 @@ def compressor(*, cname: str = "zstd", clevel: int = 3) -> BloscCodec:
     return BloscCodec(cname=cname, clevel=clevel, shuffle=BloscShuffle.shuffle)
 
 
-def dataset_dir(project: Project, dataset: str) -> Path:
+def dataset_dir(project: Project, dataset: str) -> StorePath:
     return project.store_path / dataset
 
 
-def stage_dir(project: Project, dataset: str, stage: str = RAW_STAGE) -> Path:
+def stage_dir(project: Project, dataset: str, stage: str = RAW_STAGE) -> StorePath:
     """`raw`, or `<plan>/<configuration>` for preprocessed data."""
     return dataset_dir(project, dataset) / stage
 
@@ -52,8 +54,16 @@ def stage_name(plan: str, configuration: str) -> str:
     return f"{plan}/{configuration}"
 
 
-def case_dir(project: Project, dataset: str, case_id: str, *, stage: str = RAW_STAGE) -> Path:
+def case_dir(project: Project, dataset: str, case_id: str, *, stage: str = RAW_STAGE) -> StorePath:
     return stage_dir(project, dataset, stage) / case_id
+
+
+def case_exists(directory: StorePath) -> bool:
+    """Whether a stored case is there to read: its image array's node, and on object storage also the case group's
+    node, which is written last (`voxelbase.store.location`: a case without it is still being copied or deleted)."""
+    if not (directory / "image" / NODE).is_file():
+        return False
+    return not is_remote(directory) or (directory / NODE).is_file()
 
 
 def spatial_chunks(shape: Sequence[int], *, edge: int = RAW_CHUNK_EDGE) -> tuple[int, ...]:
@@ -70,7 +80,7 @@ def patch_chunks(shape: Sequence[int], patch_size: Sequence[int]) -> tuple[int, 
 
 
 def write_array(
-    path: Path,
+    path: StorePath,
     data: np.ndarray,
     *,
     chunks: Sequence[int],
@@ -80,7 +90,7 @@ def write_array(
     """Write one array as a Zarr v3 array at `path` (overwriting), its axes named (c, z, y, x) or (z, y, x) as
     OME-Zarr wants (see `voxelbase.store.ome`), or `axes` when the array stores them in another order."""
     array = zarr.create_array(
-        store=str(path),
+        store=zarr_store(path),
         shape=data.shape,
         dtype=data.dtype,
         chunks=tuple(int(c) for c in chunks),
@@ -94,7 +104,7 @@ def write_array(
 
 
 def write_case(
-    directory: Path,
+    directory: StorePath,
     image: np.ndarray,
     label: np.ndarray | None,
     *,
@@ -103,7 +113,7 @@ def write_case(
 ) -> None:
     """Write `image` (C, Z, Y, X) and `label` (Z, Y, X) of one case into `directory`, a Zarr group that records
     `geometry` as OME-Zarr metadata (see `voxelbase.store.ome`)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     write_array(directory / "image", image, chunks=(1, *spatial_chunk_shape))
     if label is not None:
         write_array(directory / "label", label, chunks=spatial_chunk_shape)
@@ -120,10 +130,10 @@ def open_case_arrays(
 ) -> tuple[zarr.Array, zarr.Array | None]:
     """The case's (image, label) Zarr arrays, opened lazily; label is None for unlabelled cases."""
     directory = case_dir(project, dataset, case_id, stage=stage)
-    if not (directory / "image").exists():
+    if not case_exists(directory):
         raise FileNotFoundError(f"no stored image for case {case_id!r} of dataset {dataset!r} at {directory}")
-    image = zarr.open_array(str(directory / "image"), mode="r")
-    label = zarr.open_array(str(directory / "label"), mode="r") if (directory / "label").exists() else None
+    image = open_array(directory / "image")
+    label = open_array(directory / "label") if (directory / "label" / NODE).is_file() else None
     return image, label
 
 
@@ -135,5 +145,5 @@ def read_case(
     return image[...], (label[...] if label is not None else None)
 
 
-def store_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def store_bytes(path: StorePath) -> int:
+    return tree_bytes(path)

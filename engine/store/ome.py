@@ -24,8 +24,8 @@ a group cannot reference the existing `<case>/label` array. What validates witho
 filesystem symlink: `<case>/labels` is a labels group (`labels: ["label"]`), `<case>/labels/label` an image-label
 group (`source.image: "../../"`) whose single level `0` is a symlink to `../../label`. The bytes exist once; the
 symlink moves with the case folder (preprocessing's rename, ingest's staging swap) and `rglob` does not descend
-into it, so stored sizes do not double. Where the filesystem refuses symlinks, the labels group is left out and
-the label stays described by `voxelbase.label` only.
+into it, so stored sizes do not double. Where the filesystem refuses symlinks, and on object storage, which has none,
+the labels group is left out and the label stays described by `voxelbase.label` only.
 
 Writes are idempotent and never touch an array's chunks: a group node that exists is left as it is (its attributes
 are merged into), and `upgrade_store` adds what an older store lacks.
@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from voxelbase.store.location import NODE, StorePath, can_link, read_text_or_none, write_node_text
 
 OME_VERSION = "0.5"
 IMAGE_AXES = ("c", "z", "y", "x")
@@ -49,7 +50,6 @@ LABELS_GROUP = "labels"
 LABEL_NAME = "label"  # the image-label group under `labels/`
 LABEL_LEVEL = "0"  # the symlink inside it to the case's `label` array
 UNIT = "millimeter"
-NODE = "zarr.json"
 
 
 @dataclass(frozen=True)
@@ -86,22 +86,17 @@ def dimension_names(ndim: int) -> tuple[str, ...] | None:
 # --- zarr.json, read and written whole ------------------------------------------------------------------------------
 
 
-def _read_node(directory: Path) -> dict | None:
-    path = directory / NODE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+def _read_node(directory: StorePath) -> dict | None:
+    text = read_text_or_none(directory / NODE)
+    return None if text is None else json.loads(text)
 
 
-def _write_node(directory: Path, node: dict) -> None:
+def _write_node(directory: StorePath, node: dict) -> None:
     """Replace `directory/zarr.json` atomically (a reader sees the old or the new document, never half)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / f".{NODE}.{uuid.uuid4().hex[:8]}"
-    temporary.write_text(json.dumps(node, indent=2))
-    os.replace(temporary, directory / NODE)
+    write_node_text(directory / NODE, json.dumps(node, indent=2))
 
 
-def ensure_group(directory: Path, *, attributes: dict | None = None) -> bool:
+def ensure_group(directory: StorePath, *, attributes: dict | None = None) -> bool:
     """Make `directory` a Zarr v3 group unless it already is a node (group or array); merge `attributes` into an
     existing group's. True when something was written."""
     node = _read_node(directory)
@@ -117,7 +112,7 @@ def ensure_group(directory: Path, *, attributes: dict | None = None) -> bool:
     return True
 
 
-def name_array_axes(array_dir: Path) -> bool:
+def name_array_axes(array_dir: StorePath) -> bool:
     """Give an existing array its `dimension_names` (its `zarr.json` only; chunks untouched). True when changed."""
     node = _read_node(array_dir)
     if node is None or node.get("node_type") != "array" or node.get("dimension_names"):
@@ -129,7 +124,7 @@ def name_array_axes(array_dir: Path) -> bool:
     return True
 
 
-def ensure_hierarchy(store_root: Path, dataset: str, stage: str) -> None:
+def ensure_hierarchy(store_root: StorePath, dataset: str, stage: str) -> None:
     """Group nodes for the store root, the dataset and every level of `stage` (`raw`, or `<plan>/<configuration>`)."""
     ensure_group(store_root, attributes={"voxelbase": {"node": "store"}})
     ensure_group(store_root / dataset, attributes={"voxelbase": {"node": "dataset", "dataset": dataset}})
@@ -195,7 +190,7 @@ def case_attributes(case_id: str, geometry: CaseGeometry, *, has_label: bool, ax
     }
 
 
-def read_case_geometry(case_directory: Path) -> CaseGeometry | None:
+def read_case_geometry(case_directory: StorePath) -> CaseGeometry | None:
     """The geometry a case group records, or None when it records none (a store not yet upgraded)."""
     node = _read_node(case_directory)
     found = (node or {}).get("attributes", {}).get("voxelbase")
@@ -204,8 +199,10 @@ def read_case_geometry(case_directory: Path) -> CaseGeometry | None:
     return CaseGeometry.of(found["spacing"], found["origin"], found["direction"])
 
 
-def _link_label(case_directory: Path, case_id: str, geometry: CaseGeometry, axes: Sequence[str]) -> None:
+def _link_label(case_directory: StorePath, case_id: str, geometry: CaseGeometry, axes: Sequence[str]) -> None:
     """`labels/label` as an OME-Zarr image-label whose one level is a symlink to `../../label` (see module doc)."""
+    if not can_link(case_directory):
+        return
     labels = case_directory / LABELS_GROUP
     image_label = labels / LABEL_NAME
     level = image_label / LABEL_LEVEL
@@ -233,7 +230,7 @@ def _link_label(case_directory: Path, case_id: str, geometry: CaseGeometry, axes
 
 
 def write_case_group(
-    case_directory: Path,
+    case_directory: StorePath,
     geometry: CaseGeometry | None,
     *,
     case_id: str | None = None,
@@ -258,7 +255,7 @@ def write_case_group(
 # --- upgrading a store written before these nodes existed ------------------------------------------------------------
 
 
-def _visible_dirs(directory: Path) -> Iterator[Path]:
+def _visible_dirs(directory: StorePath) -> Iterator[StorePath]:
     """Sub-folders that are part of the store (temporary `.`-folders of ingest and preprocessing are not)."""
     if directory.is_dir():
         for path in sorted(directory.iterdir()):
@@ -266,10 +263,10 @@ def _visible_dirs(directory: Path) -> Iterator[Path]:
                 yield path
 
 
-def stored_cases(store_root: Path) -> Iterator[tuple[str, str, Path]]:
+def stored_cases(store_root: StorePath) -> Iterator[tuple[str, str, StorePath]]:
     """(dataset, stage, case folder) of every stored case: a folder holding an `image` array."""
 
-    def walk(dataset: str, stage: list[str], directory: Path) -> Iterator[tuple[str, str, Path]]:
+    def walk(dataset: str, stage: list[str], directory: StorePath) -> Iterator[tuple[str, str, StorePath]]:
         for child in _visible_dirs(directory):
             if (child / "image" / NODE).is_file():
                 yield dataset, "/".join(stage), child
@@ -283,7 +280,7 @@ def stored_cases(store_root: Path) -> Iterator[tuple[str, str, Path]]:
 GeometryLookup = Callable[[str, str, str], CaseGeometry | None]  # (dataset, stage, case id) -> geometry
 
 
-def upgrade_store(store_root: Path, geometry_of: GeometryLookup) -> int:
+def upgrade_store(store_root: StorePath, geometry_of: GeometryLookup) -> int:
     """Add the group nodes, attributes, array axis names and label images an older store lacks, in place.
 
     `geometry_of(dataset, stage, case_id)` answers from the catalog (the store imports no catalog). No array is

@@ -22,6 +22,7 @@ import torch
 import zarr
 
 from voxelbase.project import Project
+from voxelbase.store.location import settled
 from voxelbase.training.augment import AugmentConfig, AugmentParams, apply_augmentation, draw_params
 from voxelbase.training.cascade_augment import augment_previous_stage, previous_stage_onehot
 from voxelbase.training.patches import CaseArrays, CaseEntry, read_patch, sample_batch
@@ -237,7 +238,7 @@ class PatchStream:
             return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="patches")
         arrays = self._arrays
         recipe = {
-            "project": arrays.project,
+            "project": settled(arrays.project),  # worker processes find the store without opening the catalog
             "dataset": arrays.dataset,
             "stage": arrays.stage,
             "cases": self.cases,

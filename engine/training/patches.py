@@ -19,6 +19,7 @@ from voxelbase.catalog.preprocessed import class_locations, preprocessed_shapes
 from voxelbase.plan import ANNOTATED_KEY
 from voxelbase.project import Project
 from voxelbase.store.layout import case_dir
+from voxelbase.store.location import open_array
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ def chunk_files(array: zarr.Array) -> ChunkFiles | None:
 
 
 class CaseArrays:
-    """Open Zarr arrays of preprocessed cases, opened once per case and kept (metadata only, no voxels)."""
+    """Open Zarr arrays of preprocessed cases, opened once per case and kept (metadata only, no voxels). On object
+    storage they are zarr `FsspecStore` arrays: `read_patch` then fetches only the chunks a patch overlaps."""
 
     def __init__(self, project: Project, dataset: str, stage: str) -> None:
         self.project, self.dataset, self.stage = project, dataset, stage
@@ -229,8 +231,5 @@ class CaseArrays:
     def get(self, case_id: str) -> tuple[zarr.Array, zarr.Array]:
         if case_id not in self._open:
             directory = case_dir(self.project, self.dataset, case_id, stage=self.stage)
-            self._open[case_id] = (
-                zarr.open_array(str(directory / "image"), mode="r"),
-                zarr.open_array(str(directory / "label"), mode="r"),
-            )
+            self._open[case_id] = (open_array(directory / "image"), open_array(directory / "label"))
         return self._open[case_id]

@@ -21,6 +21,7 @@ from voxelbase.device import autocast_dtype, resolve_device
 from voxelbase.networks import load_checkpoint, network_for_plan, save_checkpoint
 from voxelbase.project import Project
 from voxelbase.spec import ExperimentSpec
+from voxelbase.store.location import settled
 from voxelbase.training import records
 from voxelbase.training.distributed import (
     SINGLE,
@@ -194,7 +195,7 @@ def train_fold(
             ranks,
             lambda: _begin(project, spec, configuration, fold, device=dev, resume=resume, world_size=ranks.world_size),
         )
-        spec, setup, run_id, run_dir, checkpoint, done = begun
+        spec, setup, project, run_id, run_dir, checkpoint, done = begun
         if done:
             return FoldResult(run_id, run_dir, "skipped", spec.train.epochs, None)
         try:
@@ -235,7 +236,8 @@ def _begin(
     resume: bool,
     world_size: int,
 ) -> tuple:
-    """Everything rank 0 reads and records before training: (spec, setup, run id, run folder, checkpoint, done)."""
+    """Everything rank 0 reads and records before training: (spec, setup, project, run id, run folder, checkpoint,
+    done)."""
     setup = prepare_fold(project, spec, configuration=configuration, fold=fold)
     # the plan it trains on, named: the same fold trained through `train` or `run` has the same key
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, plan=setup.plan_name))
@@ -253,7 +255,8 @@ def _begin(
         resume=resume,
         world_size=world_size,
     )
-    return spec, setup, run_id, run_dir, checkpoint, done
+    # the other ranks find the store from the project they are handed, never from the catalog rank 0 writes
+    return spec, setup, settled(project), run_id, run_dir, checkpoint, done
 
 
 def _train(
@@ -309,7 +312,8 @@ def _train(
 
     start_epoch, history, best_ema = 0, [], -math.inf
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, map_location=device)
+        # read by rank 0 and handed to the others: ranks on other machines need no copy of the project's runs folder
+        state = share_from_main(ranks, lambda: load_checkpoint(checkpoint, map_location="cpu"))
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         torch.random.set_rng_state(state["torch_rng"].cpu())
