@@ -81,9 +81,9 @@ def _use_scheduler(ctx: click.Context, param: click.Parameter, value: str | None
         ctx.call_on_close(restore)
 
 
-def _workers_option(func):
-    """Per-case commands: local worker processes, or a Dask cluster."""
-    func = click.option(
+def _scheduler_option(func):
+    """--scheduler: the per-case work on a Dask cluster."""
+    return click.option(
         "--scheduler",
         default=None,
         expose_value=False,
@@ -91,6 +91,11 @@ def _workers_option(func):
         help="Run the per-case work on Dask: local:N (a LocalCluster of N workers) or a scheduler address "
         "(tcp://host:8786). Default: $VOXELBASE_SCHEDULER, else local worker processes.",
     )(func)
+
+
+def _workers_option(func):
+    """Per-case commands: local worker processes, or a Dask cluster."""
+    func = _scheduler_option(func)
     return click.option(
         "--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU cores)."
     )(func)
@@ -443,6 +448,7 @@ def run_command(ctx: click.Context, spec: Path, dry_run: bool, overrides) -> Non
 @click.option("--batch-windows", type=click.IntRange(min=1), default=None, help="Windows per forward pass.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the spec's predict.device).")
 @click.option("--save-probabilities", is_flag=True, help="Also write <case>.npz class probabilities.")
+@_scheduler_option
 @click.pass_context
 def predict(
     ctx: click.Context, experiment, model, input_dir, output_dir, configuration, folds, no_tta, **options

@@ -115,3 +115,40 @@ def test_bad_schedulers_are_refused(raw, tmp_path):
         pytest.raises(SchedulerError, match="cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'"),
     ):
         list(completed(len, ["a"], workers=1, scheduler="tcp://127.0.0.1:9"))
+
+
+def test_predict_on_a_local_cluster_writes_what_the_serial_predict_writes(preprocessed_base, tmp_path, monkeypatch):
+    from tests.conftest import copy_project, volume_digest
+    from voxelbase.inference import predict as prediction
+
+    on_dask = []
+    real = prediction._predict_on_dask
+    monkeypatch.setattr(prediction, "_predict_on_dask", lambda *a, **k: on_dask.append(k["scheduler"]) or real(*a, **k))
+
+    project = copy_project(preprocessed_base, tmp_path)
+    images = preprocessed_base.parent / "raw" / "imagesTr"
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(
+        'name = "tiny"\ndataset = "demo"\n[train]\nfolds = [0]\nepochs = 1\niterations_per_epoch = 2\n'
+        'val_iterations = 1\nnum_workers = 1\ndevice = "cpu"\nvalidate = false\n[predict]\ntta = false\n'
+    )
+    run_cli(project, "train", str(spec), "--fold", "0")
+    serial, dask_out = tmp_path / "serial", tmp_path / "dask"
+    run_cli(project, "predict", "--experiment", "tiny", "--input", str(images), "--output", str(serial))
+    result = run_cli(
+        project, "predict", "--experiment", "tiny", "--input", str(images), "--output", str(dask_out),
+        "--scheduler", "local:2",
+    )  # fmt: skip
+    assert "wrote 6 segmentation(s)" in result.output and on_dask == ["local:2"]  # the serial run did not use it
+    written = sorted(p.name for p in serial.iterdir())
+    assert written == sorted(p.name for p in dask_out.iterdir()) and len(written) == 6
+    for name in written:
+        assert volume_digest(serial / name) == volume_digest(dask_out / name), name
+
+    bundle, from_bundle = tmp_path / "bundle", tmp_path / "bundle_out"  # a bundle: workers load it themselves
+    run_cli(project, "export", "tiny", "--output", str(bundle))
+    run_cli(project, "predict", "--model", str(bundle), "--input", str(images), "--output", str(from_bundle),
+            "--scheduler", "local:2")  # fmt: skip
+    assert on_dask == ["local:2", "local:2"]
+    for name in written:
+        assert volume_digest(serial / name) == volume_digest(from_bundle / name), name

@@ -8,7 +8,9 @@ errors that name what exists.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -34,6 +36,18 @@ class ConfigurationModels:
     plan: ConfigurationPlan
     networks: tuple[torch.nn.Module, ...]
     previous: ConfigurationModels | None = None  # a cascade stage: the stage whose segmentation it takes as input
+    checkpoints: tuple[Path, ...] = ()  # where the networks came from: other processes load them from there
+
+    def without_networks(self) -> ConfigurationModels:
+        """This configuration for another process (a Dask worker), which loads the networks again itself."""
+        previous = self.previous.without_networks() if self.previous is not None else None
+        return dataclasses.replace(self, networks=(), previous=previous)
+
+    def with_networks(self, device: torch.device) -> ConfigurationModels:
+        """The networks loaded again from `checkpoints` (what `without_networks` left out)."""
+        previous = self.previous.with_networks(device) if self.previous is not None else None
+        networks = tuple(load_trained_model(path, device=device).network for path in self.checkpoints)
+        return dataclasses.replace(self, networks=networks, previous=previous)
 
 
 @dataclass(frozen=True)
@@ -154,7 +168,8 @@ def _configuration_models(
                 f"trained ({_describe(trained)})"
             )
         previous = _configuration_models(project, experiment, plan.previous_stage, folds, trained, device)
-    return ConfigurationModels(name, folds, plan, tuple(m.network for m in models), previous)
+    checkpoints = tuple(project.run_dir(experiment, name, f) / CHECKPOINT for f in folds)
+    return ConfigurationModels(name, folds, plan, tuple(m.network for m in models), previous, checkpoints)
 
 
 def load_models(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ from voxelbase.inference.inputs import (
 )
 from voxelbase.inference.models import ConfigurationModels, PredictionModels, load_models
 from voxelbase.inference.probabilities import predict_probabilities, predicts_logits, revert_logits
+from voxelbase.parallel import completed, resolve_scheduler
 from voxelbase.preprocessing import preprocess_case
 from voxelbase.project import Project
 from voxelbase.spec import ExperimentSpec
@@ -75,6 +77,7 @@ def predict(
     device: str | None = None,
     save_probabilities: bool = False,
     progress: bool = True,
+    scheduler: str | None = None,
 ) -> list[Path]:
     """Segment every case in `input_dir` (imagesTs layout) into `output_dir`; returns the written segmentations.
 
@@ -85,6 +88,9 @@ def predict(
     trained configuration. `folds` None uses every finished cross-validation fold (fold 'all' when there are
     none). `tta`, `batch_windows` and `device` default to the experiment spec's `[predict]` section.
     `save_probabilities` also writes `<case>.npz` (float16 class probabilities in the original geometry).
+    With a Dask `scheduler` (default `$VOXELBASE_SCHEDULER`; see `voxelbase.parallel`) every case is a task: each
+    worker loads the networks once, from the checkpoints or the bundle (so it needs them at the same paths), and
+    writes its cases; nothing here opens the catalog on a worker.
     """
     if (experiment is None) == (model is None):
         both = "not both" if model is not None else "one is needed"
@@ -107,6 +113,15 @@ def predict(
     spec = _prediction_spec(models.spec, tta=tta, batch_windows=batch_windows)
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    scheduler = resolve_scheduler(scheduler)
+    if scheduler is not None:
+        source = _ModelSource(
+            models=_without_networks(models) if model is None else None,
+            bundle=None if model is None else (str(model), configuration, folds, device),
+        )
+        predictor = _CasePredictor(source, spec, output_dir, spacing_range, save_probabilities)
+        return _predict_on_dask(predictor, cases, scheduler=scheduler, choice=models.choice, progress=progress)
+
     written = []
     bar = tqdm(cases, desc=f"predict {models.choice}", unit="case", disable=None if progress else True)
     for case in bar:
@@ -118,6 +133,71 @@ def predict(
         )
     bar.close()
     return written
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelSource:
+    """What a Dask worker loads the networks from: the experiment's models without their networks (they are
+    loaded again from their checkpoints), or a bundle's (path, configuration, folds, device)."""
+
+    models: PredictionModels | None
+    bundle: tuple | None
+    key: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)  # one prediction command's models
+
+
+def _without_networks(models: PredictionModels) -> PredictionModels:
+    return dataclasses.replace(models, members=tuple(m.without_networks() for m in models.members))
+
+
+_worker_models: dict[str, PredictionModels] = {}  # per worker process: loaded once, for every case
+
+
+def _load_source(source: _ModelSource) -> PredictionModels:
+    if source.key not in _worker_models:
+        if source.bundle is not None:
+            path, configuration, folds, device = source.bundle
+            loaded = load_bundle_models(path, configuration=configuration, folds=folds, device=device).models
+        else:
+            models = source.models
+            members = tuple(m.with_networks(models.device) for m in models.members)
+            loaded = dataclasses.replace(models, members=members)
+        _worker_models.clear()  # one experiment's networks at a time
+        _worker_models[source.key] = loaded
+    return _worker_models[source.key]
+
+
+@dataclasses.dataclass(frozen=True)
+class _CasePredictor:
+    """One case's prediction as a picklable task for a Dask worker."""
+
+    source: _ModelSource
+    spec: ExperimentSpec
+    output_dir: Path
+    spacing_range: object
+    save: bool
+
+    def __call__(self, case: InputCase) -> Path:
+        return _predict_case(
+            case,
+            _load_source(self.source),
+            spec=self.spec,
+            output_dir=self.output_dir,
+            spacing_range=self.spacing_range,
+            save=self.save,
+        )
+
+
+def _predict_on_dask(
+    predictor: _CasePredictor, cases: list[InputCase], *, scheduler: str, choice: str, progress: bool
+) -> list[Path]:
+    """Every case as a Dask task; the written segmentations in the input order."""
+    written: dict[str, Path] = {}
+    bar = tqdm(total=len(cases), desc=f"predict {choice} on dask", unit="case", disable=None if progress else True)
+    for case, result in completed(predictor, cases, workers=1, scheduler=scheduler):
+        written[case.case_id] = result()
+        bar.update()
+    bar.close()
+    return [written[case.case_id] for case in cases]
 
 
 def _prediction_spec(spec: ExperimentSpec, *, tta: bool | None, batch_windows: int | None) -> ExperimentSpec:
