@@ -23,6 +23,7 @@ staged copy is deleted last: a crash mid-copy leaves it for the next run to fini
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import uuid
@@ -108,8 +109,6 @@ def store_root(project: Project) -> StorePath:
 def settled(project: Project) -> Project:
     """The project with its store location resolved now, to hand to other processes (DDP ranks, loader worker
     processes): they find the store from it without opening the catalog, which another process may be writing."""
-    import dataclasses
-
     root = store_root(project)
     return dataclasses.replace(project, store=normalize_store(str(root)))
 
