@@ -1,6 +1,7 @@
 """The cascade end to end on tiny data: a memory target small enough that the planner makes all four
-configurations, then one `voxelbase run` that trains 3d_lowres (every fold's validation handing its held-out cases
-over to the next stage) and 3d_cascade_fullres, selects and predicts; then the refusals. Two folds (`voxelbase
+configurations, then one `voxelbase run` of a spec listing all four that trains and validates each (every 3d_lowres
+fold's validation handing its held-out cases over to the next stage before 3d_cascade_fullres trains), selects among
+them, and a `predict` of the cascade; then the refusals. Two folds (`voxelbase
 splits --folds 2` on 4 cases) keep it small: the hand-over needs every case held out once, whatever the fold count."""
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from voxelbase.planning import load_plan
 from voxelbase.project import Project
 
 CONFIGURATIONS = ["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"]
-TRAINED = ["3d_lowres", "3d_cascade_fullres"]
 SPEC = """name = "casc"
 dataset = "casc"
 [plan]
 gpu_memory_gb = 0.01
 [train]
-configurations = ["3d_lowres", "3d_cascade_fullres"]
+configurations = ["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"]
 folds = [0, 1]
 epochs = 1
 iterations_per_epoch = 1
@@ -63,8 +63,10 @@ def test_one_run_trains_every_configuration_and_selects(finished):
     assert sorted(plan["configurations"]) == sorted(CONFIGURATIONS)
     assert plan["configurations"]["3d_cascade_fullres"]["previous_stage"] == "3d_lowres"
     rows = sql_rows(project, "SELECT configuration, count(*) AS n FROM runs WHERE status = 'finished' GROUP BY 1")
-    assert {r["configuration"]: r["n"] for r in rows} == dict.fromkeys(TRAINED, 2)
+    assert {r["configuration"]: r["n"] for r in rows} == dict.fromkeys(CONFIGURATIONS, 2)
     assert "selected" in output
+    scored = sql_rows(project, "SELECT DISTINCT r.configuration FROM metrics JOIN runs r USING (run_id) ORDER BY 1")
+    assert [r["configuration"] for r in scored] == sorted(CONFIGURATIONS)  # selection chose among all four
     assert len(sql_rows(project, "SELECT choice FROM selections WHERE experiment = 'casc'")) == 1
     # the cascade's training steps came after every low-res validation (which wrote its input)
     order = [r["step"] for r in sql_rows(project, "SELECT step FROM steps ORDER BY finished_at")]
