@@ -172,6 +172,20 @@ def _labels(data: Mapping) -> dict[str, int | list[int]]:
     return {str(k): (list(v) if isinstance(v, (list, tuple)) else int(v)) for k, v in data.items()}
 
 
+def output_count(labels: Mapping[str, Any]) -> int:
+    """Segmentation heads for dataset.json's labels: labels incl. background (regions: one per foreground region),
+    never 'ignore'."""
+    kept = {name: value for name, value in labels.items() if name != "ignore"}
+    if any(isinstance(v, (list, tuple)) for v in kept.values()):
+        return sum(1 for v in kept.values() if v != 0 and v != [0])
+    return len(kept)
+
+
+def region_names_of(labels: Mapping[str, Any]) -> list[str]:
+    """A region dataset's regions in output order: every foreground entry (dataset.json's order), never 'ignore'."""
+    return [n for n, v in labels.items() if n != "ignore" and v not in (0, [0])]
+
+
 @dataclass(frozen=True)
 class ConfigurationPlan:
     """One planned configuration ('2d', '3d_fullres', '3d_lowres', '3d_cascade_fullres') of one plan."""
@@ -290,8 +304,10 @@ class ConfigurationPlan:
         """How this configuration's stored arrays order a case's (z, y, x) axes. A 2-D configuration cuts slices
         along the case's coarsest axis, so it works in nnU-Net's transposed order (`transpose_forward`): stored
         arrays, their shapes, crop boxes, spacings and class locations all follow it, and outputs are transposed back.
-        3-D configurations are stated in (z, y, x) (the planner untransposes them) and stored so."""
-        if self.architecture.conv_dims == 2:
+        3-D configurations are stated in (z, y, x) (the planner untransposes them) and stored so, except a 3-D plan
+        imported from nnU-Net, which keeps nnU-Net's transposed statement (its network's kernels and strides are in
+        that order) and says so with `stated_transposed`."""
+        if self.architecture.conv_dims == 2 or self.extra.get("stated_transposed"):
             return tuple(int(a) for a in self.transpose_forward)  # type: ignore[return-value]
         return (0, 1, 2)
 
@@ -351,7 +367,7 @@ class ConfigurationPlan:
         the region (v,); background and 'ignore' are not."""
         if not self.has_regions:
             return []
-        names = self.region_names or [n for n, v in self.labels.items() if n != "ignore" and v != 0 and v != [0]]
+        names = self.region_names or region_names_of(self.labels)
         return [(name, tuple(int(x) for x in _as_list(self.labels[name]))) for name in names]
 
     @property

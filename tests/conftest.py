@@ -196,3 +196,62 @@ def preprocessed_base(tmp_path_factory) -> Path:
 def copy_project(base: Path, where: Path) -> Project:
     shutil.copytree(base, where / "project")
     return Project.resolve(where / "project")
+
+
+def nnunet_round_trip(project: Project, experiment: str, configuration: str, inputs: Path, where: Path) -> dict:
+    """Export one configuration of an experiment as an nnU-Net model folder, import it into a new project, and
+    predict the same inputs (no mirroring) with both. Returns the folder's dataset.json and plans.json, both
+    projects' final weights per fold (the original's, then the imported one's), and per case the fraction of voxels
+    the two segmentations agree on (they must have the same geometry)."""
+    import SimpleITK as sitk
+    import torch
+
+    from voxelbase.networks import load_checkpoint
+
+    folder = where / f"nnUNetTrainer__nnUNetPlans__{configuration}"
+    run_cli(project, "export", experiment, "--format", "nnunet", "-c", configuration, "--output", str(folder))
+    other = Project.resolve(where / "imported")
+    run_cli(other, "import-nnunet", str(folder), "--name", "back")
+    folds = sorted(p.name.removeprefix("fold_") for p in folder.glob("fold_*"))
+    weights = {
+        fold: [
+            load_checkpoint(p.run_dir(name, configuration, fold) / "checkpoint_final.pt")["network"]
+            for p, name in ((project, experiment), (other, "back"))
+        ]
+        for fold in folds
+    }
+    ours, back = where / "ours", where / "back"
+    run_cli(
+        project,
+        "predict",
+        "-e",
+        experiment,
+        "-c",
+        configuration,
+        "--input",
+        str(inputs),
+        "--output",
+        str(ours),
+        "--no-tta",
+    )
+    run_cli(other, "predict", "-e", "back", "--input", str(inputs), "--output", str(back), "--no-tta")
+    agreement = {}
+    for path in sorted(ours.glob("*.nii.gz")):
+        a, b = sitk.ReadImage(str(path)), sitk.ReadImage(str(back / path.name))
+        assert (a.GetSize(), a.GetSpacing(), a.GetOrigin(), a.GetDirection()) == (
+            b.GetSize(),
+            b.GetSpacing(),
+            b.GetOrigin(),
+            b.GetDirection(),
+        ), path.name
+        agreement[path.name] = float((sitk.GetArrayFromImage(a) == sitk.GetArrayFromImage(b)).mean())
+    assert agreement, f"nothing predicted from {inputs}"
+    return {
+        "dataset": json.loads((folder / "dataset.json").read_text()),
+        "plans": json.loads((folder / "plans.json").read_text()),
+        "weights": weights,
+        "agreement": agreement,
+        "same_weights": all(
+            list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a) for a, b in weights.values()
+        ),
+    }

@@ -233,8 +233,6 @@ def test_folder_format_refuses_a_zip_and_an_unknown_format(trained, tmp_path):
     ("change", "message"),
     [
         ({"previous_stage": "3d_lowres"}, "cascade"),
-        ({"transpose_forward": (1, 0, 2)}, "transpose_forward"),
-        ({"labels": {"background": 0, "whole": [1, 2], "core": 2}}, "region"),
         ({"normalization": (Normalization("rgb_to_0_1", False),)}, "rgb_to_0_1"),
     ],
 )

@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli, sql_rows
+from tests.conftest import nnunet_round_trip, run_cli, sql_rows
 from voxelbase.images import read_image, read_probabilities
+from voxelbase.networks import load_checkpoint
+from voxelbase.plan import ConfigurationPlan
 from voxelbase.project import Project
 
 REGIONS = ["whole_tumor", "tumor_core", "enhancing_tumor"]
@@ -151,3 +153,22 @@ def test_predict_evaluate_and_compare_name_the_regions(finished):
     run_cli(project, "report", "regions", "--output", str(root / "report"))
     html = (root / "report" / "index.html").read_text()
     assert all(region in html for region in REGIONS)
+
+
+def test_exported_to_nnunet_with_its_regions_and_imported_back(finished, tmp_path):
+    root, project = finished
+    trip = nnunet_round_trip(project, "regions", "3d_fullres", root / "raw" / "imagesTs", tmp_path)
+    labels = trip["dataset"]["labels"]
+    # nnU-Net's LabelManager reads regions in the file's key order: background, then the regions in output order
+    assert list(labels) == ["background", *REGIONS]
+    assert labels == {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": [3]}
+    assert trip["dataset"]["regions_class_order"] == [1, 2, 3]
+    assert trip["same_weights"] and sorted(trip["weights"]) == ["0", "1"]
+    # the imported model averages the folds' logits and applies the sigmoid after resampling (nnU-Net's order),
+    # the original averages sigmoid maps: on a 1-iteration network near 0.5 everywhere a few voxels may flip
+    assert min(trip["agreement"].values()) >= 0.9, trip["agreement"]
+    imported = load_checkpoint(
+        Project.resolve(tmp_path / "imported").run_dir("back", "3d_fullres", "0") / "checkpoint_final.pt"
+    )
+    plan = ConfigurationPlan.from_dict(imported["plan"])
+    assert [name for name, _ in plan.regions] == REGIONS and plan.regions_class_order == (1, 2, 3)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.conftest import REPO, run_cli, sql_rows, volume_digest
+from tests.conftest import REPO, nnunet_round_trip, run_cli, sql_rows, volume_digest
 from tests.test_store_ome_zarr import validate_case
 from voxelbase.catalog import connect
 from voxelbase.catalog.preprocessed import case_properties
@@ -178,3 +178,20 @@ def test_the_transposed_stage_validates_as_ome_zarr(project):
     _, project = project
     image = validate_case(case_dir(project, "tx", "demo_000", stage=STAGE))
     assert [a.name for a in image.attributes.ome.multiscales[0].axes] == ["c", "x", "z", "y"]
+
+
+def test_exported_to_nnunet_transposed_and_imported_back(project, tmp_path):
+    root, project = project
+    run_cli(project, "run", str(root / "spec.toml"))  # trained by the round-trip test above; nothing to do then
+    trip = nnunet_round_trip(project, "tx", "2d", root / "raw" / "imagesTs", tmp_path)
+    plans = trip["plans"]
+    assert plans["transpose_forward"] == [2, 0, 1] and plans["transpose_backward"] == [1, 2, 0]
+    ours = load_plan(project, "tx", configuration="2d")
+    assert plans["configurations"]["2d"]["spacing"] == pytest.approx(list(ours.spacing))
+    assert plans["configurations"]["2d"]["patch_size"] == list(ours.patch_size)
+    # nnU-Net's "after transposition" medians: the coarse x axis first
+    spacing = plans["original_median_spacing_after_transp"]
+    assert spacing[0] == pytest.approx(max(spacing)) and spacing[0] > 2
+    assert trip["same_weights"] and list(trip["weights"]) == ["all"]
+    # one fold: logits resampled then softmax (imported, nnU-Net's order) vs probabilities resampled (original)
+    assert min(trip["agreement"].values()) >= 0.9, trip["agreement"]

@@ -132,10 +132,6 @@ def _check_expressible(plan: ConfigurationPlan) -> None:
         raise NnunetExportError(f"{where}: network {plan.architecture.network!r} has no nnU-Net counterpart")
     if plan.previous_stage:
         raise NnunetExportError(f"{where}: cascade stages cannot be exported to nnU-Net")
-    if tuple(plan.transpose_forward) != (0, 1, 2):
-        raise NnunetExportError(f"{where}: transpose_forward {list(plan.transpose_forward)} cannot be exported")
-    if plan.has_regions:
-        raise NnunetExportError(f"{where}: region-based labels cannot be exported to nnU-Net")
     for n in plan.normalization:
         if n.scheme not in SCHEME_NAMES:
             raise NnunetExportError(f"{where}: normalization {n.scheme!r} has no nnU-Net counterpart")
@@ -167,8 +163,12 @@ def _arch_kwargs(arch: Architecture) -> dict:
 
 
 def nnunet_plans(plan: ConfigurationPlan, *, median_spacing, median_shape) -> dict:
-    """A whole nnU-Net plans file holding `plan` as its one configuration (axes (z, y, x), not transposed)."""
+    """A whole nnU-Net plans file holding `plan` as its one configuration. `median_spacing` and `median_shape` are
+    in (z, y, x). The file's `transpose_forward` is the order the plan's own arrays are in (`axes_forward`): a 2d
+    plan of a dataset whose coarse axis is y or x is transposed as nnU-Net's, a 3d plan is stated in (z, y, x), and
+    nnU-Net's transposition is one setting for the whole file, so with one configuration in it either is exact."""
     _check_expressible(plan)
+    forward = list(plan.axes_forward)
     plans_name, planner = PLANNERS.get(plan.preset, PLANNERS["nnunet"])
     r = plan.resampling
 
@@ -211,16 +211,45 @@ def nnunet_plans(plan: ConfigurationPlan, *, median_spacing, median_shape) -> di
     return {
         "dataset_name": plan.dataset or "voxelbase",
         "plans_name": plans_name,
-        "original_median_spacing_after_transp": [float(s) for s in median_spacing],
-        "original_median_shape_after_transp": [int(s) for s in median_shape],
+        "original_median_spacing_after_transp": [float(median_spacing[a]) for a in forward],
+        "original_median_shape_after_transp": [int(round(float(median_shape[a]))) for a in forward],
         "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
+        "transpose_forward": forward,
+        "transpose_backward": list(plan.axes_backward),
         "configurations": {plan.configuration: entry},
         "experiment_planner_used": planner,
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": intensity,
     }
+
+
+def _plan_medians(plan: ConfigurationPlan) -> tuple[list[float], list[float]]:
+    """Median spacing and shape in (z, y, x) from a plan alone (a 2d plan states only the in-plane axes: the slice
+    axis is given the first in-plane spacing and one voxel)."""
+    spacing, shape = list(plan.spacing), list(plan.median_image_size_in_voxels) or [1.0] * len(plan.spacing)
+    if len(spacing) == 2:
+        spacing, shape = [spacing[0], *spacing], [1.0, *shape]
+    return [spacing[b] for b in plan.axes_backward], [shape[b] for b in plan.axes_backward]
+
+
+def nnunet_labels(plan: ConfigurationPlan) -> dict:
+    """dataset.json's `labels` (and `regions_class_order`) as nnU-Net's LabelManager reads them: its regions are the
+    foreground entries in the file's order, so that order is written explicitly (background, the regions in output
+    order, 'ignore' last)."""
+    if not plan.has_regions:
+        return {"labels": dict(plan.labels)}
+    labels = {name: value for name, value in plan.labels.items() if value in (0, [0]) and name != "ignore"}
+    labels |= {name: list(values) for name, values in plan.regions}
+    if plan.ignore_label is not None:
+        labels["ignore"] = plan.ignore_label
+    return {"labels": labels, "regions_class_order": list(plan.regions_class_order or ())}
+
+
+def foreground_values(plan: ConfigurationPlan) -> list[int]:
+    """nnU-Net's `foreground_labels`: every label value but background and 'ignore' (a region dataset's too)."""
+    if not plan.has_regions:
+        return list(plan.sampled_labels)
+    return sorted({int(v) for _, values in plan.regions for v in values} - {0})
 
 
 def _mirror_axes(plan: ConfigurationPlan, spec) -> list[int]:
@@ -239,6 +268,7 @@ def postprocessing_pickle(decision: Mapping, foreground: list[int]) -> bytes:
     if decision.get("foreground_lcc"):
         kwargs.append({"labels_or_regions": list(foreground)})
     kwargs += [{"labels_or_regions": int(label)} for label in decision.get("per_label_lcc") or []]
+    kwargs += [{"labels_or_regions": tuple(int(v) for v in values)} for values in decision.get("per_region_lcc") or []]
     module, name = KEEP_LARGEST.rsplit(".", 1)
     function = pickle.GLOBAL + f"{module}\n{name}\n".encode()
     body = io.BytesIO()
@@ -316,13 +346,16 @@ def export_nnunet(
             )
     plan = ConfigurationPlan.from_dict(first["plan"])
     cases = fingerprint.cases if fingerprint is not None else []
-    median_spacing = np.median([c[1] for c in cases], axis=0) if cases else plan.spacing
-    median_shape = np.round(np.median([c[2] for c in cases], axis=0)) if cases else plan.median_image_size_in_voxels
+    if cases:
+        median_spacing = np.median([c[1] for c in cases], axis=0)
+        median_shape = np.round(np.median([c[2] for c in cases], axis=0))
+    else:  # an imported experiment without its dataset's fingerprint: the plan's own figures, back in (z, y, x)
+        median_spacing, median_shape = _plan_medians(plan)
     plans = nnunet_plans(plan, median_spacing=median_spacing, median_shape=median_shape)
     channels = fingerprint.channel_names if fingerprint is not None else {}
     dataset_json = {
         "channel_names": channels or {str(c): f"channel_{c}" for c in range(plan.n_channels)},
-        "labels": dict(plan.labels),
+        **nnunet_labels(plan),
         "numTraining": fingerprint.n_labelled if fingerprint is not None else 0,
         "file_ending": info.file_ending if info is not None else ".nii.gz",
         "name": dataset,
@@ -358,7 +391,7 @@ def export_nnunet(
     if written_pp:
         folds_name = "_".join(chosen)
         files[f"crossval_results_folds_{folds_name}/postprocessing.pkl"] = postprocessing_pickle(
-            decision, plan.sampled_labels
+            decision, foreground_values(plan)
         )
     _write_atomically(output, files, replace_existing=replace_existing)
     return NnunetExportResult(output, name, chosen, written_pp)

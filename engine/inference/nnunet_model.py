@@ -33,7 +33,7 @@ import torch
 from voxelbase.inference.inputs import PredictionError
 from voxelbase.networks import network_for_plan
 from voxelbase.networks.nnunet import NnunetArchitectureError, load_nnunet_weights, nnunet_architecture
-from voxelbase.plan import ANISOTROPY_THRESHOLD, ConfigurationPlan, PlanFormatError
+from voxelbase.plan import ANISOTROPY_THRESHOLD, ConfigurationPlan, PlanFormatError, output_count, region_names_of
 
 NNUNET_CHECKPOINT = "checkpoint_final.pth"
 MODEL_FOLDER = re.compile(r"^(?P<trainer>[^/]+?)__(?P<plans>[^/]+?)__(?P<configuration>[^/_][^/]*)$")
@@ -124,8 +124,10 @@ def postprocessing_decision(data: bytes, *, where: str, foreground: list[int]) -
             decision["foreground_lcc"] = True
         elif isinstance(target, (int, np.integer)):
             decision["per_label_lcc"].append(int(target))
+        elif isinstance(target, (list, tuple)) and target:  # a region: its largest component, the rest background
+            decision.setdefault("per_region_lcc", []).append(sorted(int(t) for t in target))
         else:
-            raise NnunetImportError(f"{where}: postprocessing of {target!r} (regions) is not supported")
+            raise NnunetImportError(f"{where}: postprocessing of {target!r} is not supported")
     return decision
 
 
@@ -283,6 +285,34 @@ def _value(entry: dict, key: str, where: str):
     return value
 
 
+def _labels(dataset_json: dict, where: str) -> dict[str, int | list[int]]:
+    """dataset.json's labels: name -> value, or a region's list of values (nnU-Net's region-based training)."""
+    labels = dataset_json.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise NnunetImportError(f"{where}: dataset.json: 'labels' is missing or empty")
+    try:
+        return {str(k): [int(x) for x in v] if isinstance(v, (list, tuple)) else int(v) for k, v in labels.items()}
+    except (TypeError, ValueError) as error:
+        raise NnunetImportError(
+            f"{where}: dataset.json: 'labels' holds a value that is not a label ({error})"
+        ) from error
+
+
+def _regions(dataset_json: dict, labels: dict, where: str) -> dict:
+    """A region dataset's output order and the label value each region writes, as nnU-Net's LabelManager reads them
+    (every foreground entry a region, in dataset.json's order); nothing for plain labels."""
+    if not any(isinstance(v, list) for v in labels.values()):
+        return {}
+    names = region_names_of(labels)
+    order = dataset_json.get("regions_class_order")
+    if not isinstance(order, list) or len(order) != len(names):
+        raise NnunetImportError(
+            f"{where}: dataset.json: 'regions_class_order' must list one label value per region ({', '.join(names)}), "
+            f"got {order!r}"
+        )
+    return {"regions_class_order": [int(v) for v in order], "region_names": names}
+
+
 def configuration_plan(
     plans: dict, dataset_json: dict, configuration: str, *, mirror_axes, trainer: str, where: str
 ) -> ConfigurationPlan:
@@ -290,12 +320,11 @@ def configuration_plan(
     entry = _configuration_entry(plans, configuration, where)
     if entry.get("previous_stage"):
         raise NnunetImportError(f"{where}: {configuration} is a cascade stage; cascades are not supported")
+    # nnU-Net's spacing, patch size and mirror axes are in its transposed order, as a Voxelbase plan's are
     transpose = [int(a) for a in plans.get("transpose_forward", (0, 1, 2))]
-    if transpose != [0, 1, 2]:
-        raise NnunetImportError(f"{where}: transpose_forward {transpose} is not supported (only [0, 1, 2])")
-    labels = dataset_json.get("labels") or {}
-    if any(isinstance(v, (list, tuple)) for v in labels.values()):
-        raise NnunetImportError(f"{where}: region-based labels (dataset.json) are not supported")
+    if sorted(transpose) != [0, 1, 2]:
+        raise NnunetImportError(f"{where}: plans.json: transpose_forward {transpose} is not a permutation of 0, 1, 2")
+    labels = _labels(dataset_json, where)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
     try:
         architecture = nnunet_architecture(_value(entry, "architecture", where))
@@ -315,13 +344,15 @@ def configuration_plan(
         "median_image_size_in_voxels": [float(m) for m in entry.get("median_image_size_in_voxels", [])],
         "batch_dice": bool(entry.get("batch_dice", False)),
         "n_channels": len(channels),
-        "labels": {str(k): int(v) for k, v in labels.items()},
-        "num_classes": len([k for k in labels if k != "ignore"]),
+        "labels": labels,
+        "num_classes": output_count(labels),
+        **_regions(dataset_json, labels, where),
         "normalization": _normalization(plans, entry, len(channels), where),
         "resampling": _resampling(entry, where),
         "architecture": architecture,
         "previous_stage": None,
         "transpose_forward": transpose,
+        **({"stated_transposed": True} if conv_dims == 3 and transpose != [0, 1, 2] else {}),
         # what nnU-Net's predictor does differently from Voxelbase's own models (see engine/inference/probabilities)
         "inference_space": "logits",
         "mirror_axes": [int(a) + 3 - conv_dims for a in mirror_axes],  # Voxelbase's (z, y, x) axis numbers

@@ -36,15 +36,19 @@ def _mirror_axes(plan: ConfigurationPlan, spec: ExperimentSpec) -> tuple[int, ..
 
 
 def revert_logits(logits: np.ndarray, *, properties: dict, plan: ConfigurationPlan) -> np.ndarray:
-    """(K, Z, Y, X) logits at plan spacing -> float32 softmax probabilities (K, *shape_before_cropping), as nnU-Net
-    reverts them: logits resampled per class, softmax, then uncropped (background 1 outside the crop box)."""
-    # nnU-Net resamples its float16 logits into a float16 array, then takes the softmax in float32
-    resampled = np.stack(
-        [resample_class_back(k, properties=properties, plan=plan, dtype=np.float16) for k in np.asarray(logits)]
-    )
-    probabilities = torch.softmax(torch.from_numpy(resampled).float(), 0).numpy()
+    """(K, Z, Y, X) logits at plan spacing -> float32 probabilities (K, *shape_before_cropping), as nnU-Net
+    reverts them: logits resampled per class, then its inference nonlinearity (softmax; a region plan's per-region
+    sigmoid), then uncropped (background 1 outside the crop box; a region plan's maps 0 there)."""
+    # nnU-Net resamples its float16 logits into a float16 array, then applies the nonlinearity in float32
+    resampled = torch.from_numpy(
+        np.stack(
+            [resample_class_back(k, properties=properties, plan=plan, dtype=np.float16) for k in np.asarray(logits)]
+        )
+    ).float()
+    probabilities = (torch.sigmoid(resampled) if plan.has_regions else torch.softmax(resampled, 0)).numpy()
     out = np.zeros((probabilities.shape[0], *properties["shape_before_cropping"]), dtype=np.float32)
-    out[0] = 1.0
+    if not plan.has_regions:
+        out[0] = 1.0
     b = [int(v) for v in properties["bbox"]]
     out[:, b[0] : b[1], b[2] : b[3], b[4] : b[5]] = probabilities
     return to_case_axes(out, plan)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from voxelbase.plan import ANISOTROPY_THRESHOLD, DEFAULT_RESAMPLING
+from voxelbase.plan import ANISOTROPY_THRESHOLD, DEFAULT_RESAMPLING, output_count, region_names_of
 from voxelbase.planning.presets import PlanningError, Preset, get_preset
 from voxelbase.planning.topology import (
     MIN_FEATURE_MAP_EDGE,
@@ -212,14 +212,6 @@ def _num_outputs(labels: dict[str, Any]) -> int:
     return len(labels)
 
 
-def _num_classes(labels: dict[str, Any]) -> int:
-    """Segmentation heads: labels incl. background (regions: one per foreground region), never 'ignore'."""
-    kept = {name: value for name, value in labels.items() if name != "ignore"}
-    if any(isinstance(v, (list, tuple)) for v in kept.values()):
-        return sum(1 for v in kept.values() if v != 0 and v != [0])
-    return len(kept)
-
-
 def plan_experiment(
     fingerprint: dict[str, Any], *, preset: str = "nnunet", gpu_memory_gb: float | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -324,7 +316,7 @@ def _finish(
         "batch_dice": bool(config["batch_dice"]),
         "n_channels": len(fingerprint["channel_names"]),
         "labels": labels,
-        "num_classes": _num_classes(labels),
+        "num_classes": output_count(labels),
         "normalization": normalization(fingerprint),
         "resampling": dict(DEFAULT_RESAMPLING),
         "architecture": {
@@ -344,7 +336,7 @@ def _finish(
             {
                 "regions_class_order": list(fingerprint["regions_class_order"]),
                 # the output order, kept apart from the labels mapping, whose key order JSON may not keep
-                "region_names": [n for n, v in labels.items() if n != "ignore" and v not in (0, [0])],
+                "region_names": region_names_of(labels),
             }
             if fingerprint.get("regions_class_order")
             else {}
