@@ -2,6 +2,11 @@
 segmentations as `voxelbase predict`?
 
     python -m benchmarks.nnunet_export [--cases 6] [--test-cases 3] [--epochs 8] [--iterations 10]
+                                       [--kind ct|brats|coarse-x] [--configuration 3d_fullres]
+
+`--kind brats` exports a region-based experiment (BraTS-like sample: nnU-Net reads the regions and
+`regions_class_order` from the exported dataset.json, and applies its sigmoid); `--kind coarse-x` one whose thick
+axis is x, where nnU-Net's planner transposes (`--configuration 2d` then exports `transpose_forward` [2, 0, 1]).
 
 Demo data (`voxelbase demo-data`), a tiny experiment (3d_fullres, fold 0) trained by `voxelbase run`, exported with
 `voxelbase export bench --format nnunet --output <work>/nnUNetTrainer__nnUNetPlans__3d_fullres`; then the test
@@ -38,7 +43,7 @@ dataset = "demo"
 [ingest]
 source = "{raw}"
 [train]
-configurations = ["3d_fullres"]
+configurations = ["{configuration}"]
 folds = [0]
 epochs = {epochs}
 iterations_per_epoch = {iterations}
@@ -47,7 +52,8 @@ num_workers = 1
 [predict]
 tta = false
 """
-MODEL_DIR = "nnUNetTrainer__nnUNetPlans__3d_fullres"
+KINDS = {"ct": [], "brats": ["--kind", "brats"], "coarse-x": ["--coarse-axis", "x"]}
+SHAPES = {"ct": ["16", "40", "40"], "brats": ["16", "40", "40"], "coarse-x": ["40", "40", "16"]}
 
 
 def _run(command: list[str], *, env: dict | None = None) -> float:
@@ -90,6 +96,8 @@ def main() -> None:
     parser.add_argument("--test-cases", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--kind", choices=sorted(KINDS), default="ct")
+    parser.add_argument("--configuration", default="3d_fullres")
     parser.add_argument("--keep", action="store_true", help="Keep the work folder (printed).")
     args = parser.parse_args()
     if not have_nnunet():
@@ -100,10 +108,11 @@ def main() -> None:
         raw, project = work / "raw", work / "project"
         vb = [*voxelbase_command(), "--project", str(project)]
         _run([*voxelbase_command(), "demo-data", str(raw), "--cases", str(args.cases), "--test-cases",
-              str(args.test_cases), "--shape", "16", "40", "40"])  # fmt: skip
-        (work / "spec.toml").write_text(SPEC.format(raw=raw, epochs=args.epochs, iterations=args.iterations))
+              str(args.test_cases), "--shape", *SHAPES[args.kind], *KINDS[args.kind]])  # fmt: skip
+        spec = SPEC.format(raw=raw, epochs=args.epochs, iterations=args.iterations, configuration=args.configuration)
+        (work / "spec.toml").write_text(spec)
         train_s = _run([*vb, "run", str(work / "spec.toml")])
-        model = work / MODEL_DIR
+        model = work / f"nnUNetTrainer__nnUNetPlans__{args.configuration}"
         export_command = [*vb, "export", "bench", "--format", "nnunet", "--output", str(model)]
         export_s = _run(export_command)
         images = raw / "imagesTs"
@@ -138,8 +147,10 @@ def main() -> None:
         command = " ".join(nnunet_command("nnUNetv2_predict_from_modelfolder", *nnunet_args))
         print(f"\nnnU-Net command: {command}")
         write_results(
-            "nnunet_export",
+            "nnunet_export" if args.kind == "ct" else f"nnunet_export_{args.kind}",
             {
+                "kind": args.kind,
+                "configuration": args.configuration,
                 "export_command": " ".join(["voxelbase", *export_command[3:]]),
                 "nnunet_command": command,
                 "cases": args.cases,
