@@ -7,6 +7,7 @@ splits --folds 2` on 4 cases) keep it small: the hand-over needs every case held
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -169,11 +170,47 @@ def test_a_plan_without_lowres_has_no_cascade_to_train(finished, tmp_path):
     assert result.exit_code != 0 and "'3d_cascade_fullres' was never planned" in result.output
 
 
-@pytest.mark.parametrize("fmt", ["bundle", "nnunet"])
-def test_a_cascade_is_not_exported_without_its_lowres_stage(finished, tmp_path, fmt):
+def test_a_cascade_is_not_exported_to_nnunet(finished, tmp_path):
     _, project, _ = finished
     out = tmp_path / "exported"
-    args = ["export", "casc", "--output", str(out), "-c", "3d_cascade_fullres"]
-    result = run_cli(project, *args, *(["--format", "nnunet"] if fmt == "nnunet" else []), expect_ok=False)
+    args = ["export", "casc", "--output", str(out), "-c", "3d_cascade_fullres", "--format", "nnunet"]
+    result = run_cli(project, *args, expect_ok=False)
     assert result.exit_code != 0 and "3d_cascade_fullres cannot be exported yet" in result.output
     assert "3d_lowres" in result.output and not out.exists()
+
+
+def test_a_bundle_of_the_cascade_carries_its_lowres_stage(finished, tmp_path):
+    root, project, _ = finished
+    bundle = tmp_path / "casc.zip"
+    run_cli(project, "export", "casc", "-c", "3d_cascade_fullres", "--output", str(bundle))
+    with zipfile.ZipFile(bundle) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+    assert manifest["choice"] == "3d_cascade_fullres"
+    assert manifest["configurations"] == {"3d_cascade_fullres": ["0", "1"], "3d_lowres": ["0", "1"]}
+    inputs = root / "raw" / "imagesTs"
+    outputs = {name: tmp_path / name for name in ("experiment", "bundle", "imported")}
+    run_cli(project, "predict", "-e", "casc", "-c", "3d_cascade_fullres", "--input", str(inputs), "--output",
+            str(outputs["experiment"]), "--no-tta")  # fmt: skip
+    run_cli(project, "predict", "--model", str(bundle), "--input", str(inputs), "--output", str(outputs["bundle"]),
+            "--no-tta")  # fmt: skip
+    other = Project.resolve(tmp_path / "other")
+    run_cli(other, "import-model", str(bundle), "--name", "back")
+    run_cli(other, "predict", "-e", "back", "-c", "3d_cascade_fullres", "--input", str(inputs), "--output",
+            str(outputs["imported"]), "--no-tta")  # fmt: skip
+    reference = read_image(outputs["experiment"] / "demo_004.nii.gz")[0]
+    for name in ("bundle", "imported"):  # the same networks, the same low-res stage first: the same labels
+        assert np.array_equal(read_image(outputs[name] / "demo_004.nii.gz")[0], reference), name
+
+
+def test_a_bundle_of_the_cascade_without_its_lowres_folds_is_refused(finished, tmp_path):
+    _, project, _ = finished
+    lowres = project.run_dir("casc", "3d_lowres", "1")
+    moved = lowres.with_name("1.moved-away")
+    lowres.rename(moved)  # the catalog says finished, but no final checkpoint is on disk: not a trained fold
+    try:
+        out = tmp_path / "casc.zip"
+        result = run_cli(project, "export", "casc", "-c", "3d_cascade_fullres", "--output", str(out), expect_ok=False)
+    finally:
+        moved.rename(lowres)
+    assert result.exit_code == 1 and "3d_lowres" in result.output and "fold(s) 1" in result.output
+    assert not out.exists()

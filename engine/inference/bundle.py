@@ -213,11 +213,23 @@ def load_bundle_models(
         if name not in trained:
             raise BundleError(f"{path}: configuration {name!r} is not in the bundle (it holds {', '.join(trained)})")
     torch_device = resolve_device(device or spec.predict.device)
-    members = []
-    for name in member_names:
-        chosen = choose_folds(experiment, name, folds, trained)
+
+    def member(name: str, chosen: tuple[str, ...]) -> ConfigurationModels:
+        """One configuration's folds; a cascade stage with its previous stage's same folds (run first)."""
+        plan = bundle.plans[name]
+        previous = None
+        if plan.previous_stage:
+            missing = [f for f in chosen if f not in trained.get(plan.previous_stage, [])]
+            if missing:
+                raise BundleError(
+                    f"{path}: {name} cascades from {plan.previous_stage}, whose fold(s) {', '.join(missing)} are not "
+                    "in the bundle"
+                )
+            previous = member(plan.previous_stage, chosen)
         networks = tuple(bundle_network(bundle, name, f).to(torch_device) for f in chosen)
-        members.append(ConfigurationModels(name, chosen, bundle.plans[name], networks))
+        return ConfigurationModels(name, chosen, plan, networks, previous)
+
+    members = [member(name, choose_folds(experiment, name, folds, trained)) for name in member_names]
     decision = manifest.get("postprocessing", {}).get(choice)
     models = PredictionModels(experiment, manifest["dataset"], spec, choice, tuple(members), decision, torch_device)
     spacing = manifest.get("spacing_range")

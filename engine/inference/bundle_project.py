@@ -142,13 +142,18 @@ def export_bundle(
     dataset, spec = experiment_spec(project, experiment)
     trained = trained_folds(project, experiment)
     choice, members = choose_configuration(project, experiment, configuration, trained)
-    cascades = [m for m in members if m in CASCADE_STAGES]
-    if cascades:  # its low-res stage would have to travel with it, and be run first
-        raise BundleError(
-            f"{', '.join(cascades)} cannot be exported yet (a cascade needs its {CASCADE_STAGES[cascades[0]]} "
-            "stage beside it); export another configuration with --configuration"
-        )
     chosen = {name: choose_folds(experiment, name, folds, trained) for name in members}
+    for name in members:  # a cascade travels with its low-res stage's same folds: predict runs that stage first
+        previous = CASCADE_STAGES.get(name)
+        if previous is None:
+            continue
+        missing = [f for f in chosen[name] if f not in trained.get(previous, [])]
+        if missing:
+            raise BundleError(
+                f"{experiment}/{name} cascades from {previous}, whose fold(s) {', '.join(missing)} are not trained; "
+                f"train them, or export with --folds of both stages"
+            )
+        chosen[previous] = tuple(dict.fromkeys((*chosen.get(previous, ()), *chosen[name])))
     with connect(project, read_only=True) as con:
         names = channel_names(con, dataset)
         info = dataset_info(con, dataset)
