@@ -16,7 +16,7 @@ Every configuration nnU-Net plans, with a memory target small enough that both p
 CPU-sized volumes:
 
     python -m benchmarks.learning --shape 32 96 96 --gpu-memory 0.1 --output learning_configurations \\
-        --configurations 2d 3d_fullres 3d_lowres 3d_cascade_fullres --folds 0 1 --no-tta
+        --configurations 2d 3d_fullres 3d_lowres 3d_cascade_fullres --folds 0 --no-tta
 
 (`--no-tta`: end-of-fold validation without test-time mirroring on both sides, 8x fewer forward passes on the CPU.)
 
