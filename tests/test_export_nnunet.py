@@ -151,6 +151,13 @@ def test_postprocessing_pickle_reads_back_as_the_decision(trained):
         "foreground_lcc": True,
         "per_label_lcc": [2],
     }
+    # a region dataset's decision: each region's largest component, as nnU-Net's (labels_or_regions a tuple)
+    regions = nnunet_export.postprocessing_pickle({"per_region_lcc": [[2, 3], [3]]}, [1, 2, 3])
+    assert postprocessing_decision(regions, where="pkl", foreground=[1, 2, 3]) == {
+        "foreground_lcc": False,
+        "per_label_lcc": [],
+        "per_region_lcc": [[2, 3], [3]],
+    }
 
 
 def test_round_trip_through_import_nnunet(trained, tmp_path):

@@ -387,7 +387,9 @@ def export_nnunet(
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         files[f"fold_{fold}/{NNUNET_CHECKPOINT}"] = buffer.getvalue()
-    written_pp = bool(decision and (decision.get("foreground_lcc") or decision.get("per_label_lcc")))
+    written_pp = bool(
+        decision and (decision.get("foreground_lcc") or decision.get("per_label_lcc") or decision.get("per_region_lcc"))
+    )
     if written_pp:
         folds_name = "_".join(chosen)
         files[f"crossval_results_folds_{folds_name}/postprocessing.pkl"] = postprocessing_pickle(
