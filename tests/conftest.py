@@ -14,10 +14,13 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+import SimpleITK as sitk
+import torch
 from click.testing import CliRunner
 
 from voxelbase.cli import cli
 from voxelbase.ingest.demo import write_demo_dataset
+from voxelbase.networks import load_checkpoint
 from voxelbase.project import Project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,11 +206,6 @@ def nnunet_round_trip(project: Project, experiment: str, configuration: str, inp
     predict the same inputs (no mirroring) with both. Returns the folder's dataset.json and plans.json, both
     projects' final weights per fold (the original's, then the imported one's), and per case the fraction of voxels
     the two segmentations agree on (they must have the same geometry)."""
-    import SimpleITK as sitk
-    import torch
-
-    from voxelbase.networks import load_checkpoint
-
     folder = where / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     run_cli(project, "export", experiment, "--format", "nnunet", "-c", configuration, "--output", str(folder))
     other = Project.resolve(where / "imported")
