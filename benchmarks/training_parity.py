@@ -1,7 +1,7 @@
 """Training parity with nnU-Net v2, piece by piece, on a work folder of `benchmarks.learning`.
 
     python -m benchmarks.training_parity --work DIR [--configuration 3d_fullres] [--fold 1] [--steps 8]
-                                         [--batches 300] [--output training_parity]
+                                         [--batches 300] [--trainings N] [--output training_parity]
 
 `benchmarks.learning` compares whole trainings, whose outcome at a CPU-sized budget spreads by ±10 Dice points from
 one seed to the next. This benchmark takes the training apart, on the same preprocessed data and plan (run it on the
@@ -15,11 +15,17 @@ folder a `benchmarks.learning` run left, after that run; it reads both projects,
    nnU-Net's nnUNetDataLoader + training transforms), summarised per sample (intensity mean/std, mean absolute
    gradient along x and z, organ fraction, organ intensity): mean ± standard error per system and their z-score.
    Equal samplers and augmentations give |z| of about 2 or less on every row.
+3. trainings (`--trainings N`): N short trainings of Voxelbase's own training step at the spec's budget (epochs x
+   iterations, poly learning rate), each run twice from the same initial weights: once on Voxelbase's patch stream,
+   once on nnU-Net's loader batches. Each network is scored on the fold's validation cases at preprocessed
+   resolution (sliding window, no mirroring): organ Dice of both and their paired difference. A gap that comes from
+   the sampler or augmentation shows here; one that does not is elsewhere (initialisation, nnU-Net's own loop).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -101,19 +107,11 @@ def run_nnunet_side(work: Path, configuration: str, fold: int, steps: int, batch
     return torch.load(out, weights_only=False)
 
 
-def voxelbase_steps(setup, spec, nnunet: dict) -> list[tuple[float, float]]:
-    """Voxelbase's network, loss and optimizer from nnU-Net's initial weights over nnU-Net's batches."""
-    import torch
-
-    from voxelbase.networks.nnunet import load_nnunet_weights
-    from voxelbase.networks.trained import network_for_plan
+def _loss(cfg, plan):
+    """The loss Voxelbase's trainer builds for this spec and plan (deep supervision on)."""
     from voxelbase.training.loss import DiceCELoss, deep_supervision_scales
-    from voxelbase.training.optim import build_optimizer
 
-    cfg, plan = spec.train, setup.plan
-    network = network_for_plan(plan, deep_supervision=True)
-    load_nnunet_weights(network, nnunet["initial"])
-    loss_fn = DiceCELoss(
+    return DiceCELoss(
         batch_dice=plan.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
         ds_scales=deep_supervision_scales(plan.architecture.strides),
         weight_dice=cfg.dice_weight,
@@ -123,6 +121,20 @@ def voxelbase_steps(setup, spec, nnunet: dict) -> list[tuple[float, float]]:
         ds_factor=cfg.ds_weight_factor,
         ds_drop_lowest=cfg.ds_drop_lowest,
     )
+
+
+def voxelbase_steps(setup, spec, nnunet: dict) -> list[tuple[float, float]]:
+    """Voxelbase's network, loss and optimizer from nnU-Net's initial weights over nnU-Net's batches."""
+    import torch
+
+    from voxelbase.networks.nnunet import load_nnunet_weights
+    from voxelbase.networks.trained import network_for_plan
+    from voxelbase.training.optim import build_optimizer
+
+    cfg, plan = spec.train, setup.plan
+    network = network_for_plan(plan, deep_supervision=True)
+    load_nnunet_weights(network, nnunet["initial"])
+    loss_fn = _loss(cfg, plan)
     optimizer = build_optimizer(
         network, lr=cfg.initial_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov
     )
@@ -151,6 +163,88 @@ def voxelbase_batches(project, spec, setup, count: int) -> tuple[np.ndarray, np.
     return np.stack(images), np.stack(labels)
 
 
+def _short_training(setup, spec, seed: int, batches) -> object:
+    """Voxelbase's training step over `batches` (image, label) at the spec's budget, from seed's initial weights."""
+    import torch
+
+    from voxelbase.networks.trained import network_for_plan
+    from voxelbase.training.optim import build_optimizer, poly_lr, set_lr
+
+    cfg, plan = spec.train, setup.plan
+    torch.manual_seed(seed)
+    network = network_for_plan(plan, deep_supervision=True)
+    loss_fn = _loss(cfg, plan)
+    optimizer = build_optimizer(
+        network, lr=cfg.initial_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov
+    )
+    network.train()
+    for step, (image, label) in enumerate(batches):
+        set_lr(optimizer, poly_lr(step // cfg.iterations_per_epoch, cfg.epochs, cfg.initial_lr, cfg.poly_exponent))
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(network(image), label).backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.grad_clip)
+        optimizer.step()
+    return network.eval()
+
+
+def _organ_dice(network, setup, validation) -> float:
+    import torch
+
+    from voxelbase.inference.sliding_window import predict_logits
+
+    scores = []
+    with torch.no_grad():
+        for image, label in validation:
+            predicted = predict_logits(network, image, patch_size=setup.plan.patch_size, mirror_axes=None).argmax(0)
+            predicted = predicted.numpy() == 1
+            scores.append(2 * (predicted & (label == 1)).sum() / (predicted.sum() + (label == 1).sum()))
+    return float(np.mean(scores))
+
+
+def swap_trainings(project, spec, setup, nnunet: dict, trainings: int) -> list[dict]:
+    """Pairs of short trainings from the same initial weights: Voxelbase's batches vs nnU-Net's."""
+    import torch
+
+    from voxelbase.training.loader import PatchStream
+    from voxelbase.training.patches import CaseArrays
+
+    arrays = CaseArrays(project, spec.dataset, setup.stage)
+    validation = []
+    for case in setup.val_cases:
+        image, label = arrays.get(case.case_id)
+        label = np.asarray(label[...])
+        validation.append((torch.from_numpy(np.asarray(image[...])).float(), label.reshape(label.shape[-3:])))
+    budget = spec.train.epochs * spec.train.iterations_per_epoch
+    rows = []
+    for k in range(trainings):
+        seed = spec.train.seed + k
+        settings = dataclasses.replace(setup.train_settings, seed=seed)
+        stream = PatchStream(
+            project, spec.dataset, stage=setup.stage, cases=setup.train_cases, settings=settings, workers=1
+        )
+        ours = ((batch.image, batch.label.long()) for batch in stream.iterate(0, budget))
+        theirs = (
+            (torch.from_numpy(nnunet["images"][i]), torch.from_numpy(nnunet["labels"][i].astype(np.int64)))
+            for i in range(k * budget, (k + 1) * budget)
+        )
+        dice_ours = _organ_dice(_short_training(setup, spec, seed, ours), setup, validation)
+        dice_theirs = _organ_dice(_short_training(setup, spec, seed, theirs), setup, validation)
+        rows.append(
+            {
+                "seed": seed,
+                "organ Dice, Voxelbase batches": round(dice_ours, 3),
+                "organ Dice, nnU-Net batches": round(dice_theirs, 3),
+                "difference": round(dice_ours - dice_theirs, 3),
+            }
+        )
+        print_table(f"swap trainings (Voxelbase's step, same initial weights), {k + 1} of {trainings}", rows)
+    differences = np.array([row["difference"] for row in rows])
+    if len(differences) > 1:
+        half = 1.96 * differences.std(ddof=1) / np.sqrt(len(differences))
+        print(f"mean difference {differences.mean():+.3f} (±{half:.3f}, normal 95%) over {len(differences)} pairs")
+    return rows
+
+
 def compare_statistics(ours: np.ndarray, theirs: np.ndarray) -> list[dict]:
     rows = []
     for column, name in enumerate(STATISTICS):
@@ -176,6 +270,7 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=1)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--trainings", type=int, default=0, help="swap trainings (each: two runs of the budget)")
     parser.add_argument("--output", default="training_parity")
     args = parser.parse_args()
     if not have_nnunet():
@@ -191,7 +286,9 @@ def main() -> None:
     spec = load_spec(args.work / SPEC)
     setup = prepare_fold(project, spec, configuration=args.configuration, fold=str(args.fold))
 
-    nnunet = run_nnunet_side(args.work, args.configuration, args.fold, args.steps, args.batches)
+    budget = spec.train.epochs * spec.train.iterations_per_epoch
+    count = max(args.batches, args.trainings * budget)
+    nnunet = run_nnunet_side(args.work, args.configuration, args.fold, args.steps, count)
     ours = voxelbase_steps(setup, spec, nnunet)
     step_rows = [
         {
@@ -211,11 +308,12 @@ def main() -> None:
     batch_rows = compare_statistics(
         sample_statistics(images.reshape(-1, *images.shape[2:]), labels.reshape(-1, *labels.shape[2:])),
         sample_statistics(
-            nnunet["images"].reshape(-1, *nnunet["images"].shape[2:]),
-            nnunet["labels"].reshape(-1, *nnunet["labels"].shape[2:]),
+            nnunet["images"][: args.batches].reshape(-1, *nnunet["images"].shape[2:]),
+            nnunet["labels"][: args.batches].reshape(-1, *nnunet["labels"].shape[2:]),
         ),
     )
     print_table(f"{args.batches} training batches from each system's sampler and augmentation", batch_rows)
+    swap_rows = swap_trainings(project, spec, setup, nnunet, args.trainings) if args.trainings else []
     write_results(
         args.output,
         {
@@ -227,6 +325,7 @@ def main() -> None:
             "largest_loss_difference": worst,
             "batches": args.batches,
             "batch_statistics": batch_rows,
+            "swap_trainings": swap_rows,
         },
     )
 
