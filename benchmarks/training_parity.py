@@ -107,34 +107,19 @@ def run_nnunet_side(work: Path, configuration: str, fold: int, steps: int, batch
     return torch.load(out, weights_only=False)
 
 
-def _loss(cfg, plan):
-    """The loss Voxelbase's trainer builds for this spec and plan (deep supervision on)."""
-    from voxelbase.training.loss import DiceCELoss, deep_supervision_scales
-
-    return DiceCELoss(
-        batch_dice=plan.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
-        ds_scales=deep_supervision_scales(plan.architecture.strides),
-        weight_dice=cfg.dice_weight,
-        weight_ce=cfg.ce_weight,
-        smooth=cfg.dice_smooth,
-        include_background=cfg.dice_include_background,
-        ds_factor=cfg.ds_weight_factor,
-        ds_drop_lowest=cfg.ds_drop_lowest,
-    )
-
-
 def voxelbase_steps(setup, spec, nnunet: dict) -> list[tuple[float, float]]:
     """Voxelbase's network, loss and optimizer from nnU-Net's initial weights over nnU-Net's batches."""
     import torch
 
     from voxelbase.networks.nnunet import load_nnunet_weights
     from voxelbase.networks.trained import network_for_plan
+    from voxelbase.training.loss import training_loss
     from voxelbase.training.optim import build_optimizer
 
     cfg, plan = spec.train, setup.plan
-    network = network_for_plan(plan, deep_supervision=True)
+    network = network_for_plan(plan, deep_supervision=cfg.deep_supervision)
     load_nnunet_weights(network, nnunet["initial"])
-    loss_fn = _loss(cfg, plan)
+    loss_fn = training_loss(cfg, plan)
     optimizer = build_optimizer(
         network, lr=cfg.initial_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov
     )
@@ -168,12 +153,13 @@ def _short_training(setup, spec, seed: int, batches) -> object:
     import torch
 
     from voxelbase.networks.trained import network_for_plan
+    from voxelbase.training.loss import training_loss
     from voxelbase.training.optim import build_optimizer, poly_lr, set_lr
 
     cfg, plan = spec.train, setup.plan
     torch.manual_seed(seed)
-    network = network_for_plan(plan, deep_supervision=True)
-    loss_fn = _loss(cfg, plan)
+    network = network_for_plan(plan, deep_supervision=cfg.deep_supervision)
+    loss_fn = training_loss(cfg, plan)
     optimizer = build_optimizer(
         network, lr=cfg.initial_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov
     )

@@ -15,12 +15,17 @@ same voxels either way, so this equals nnU-Net's downsampling of the region chan
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from voxelbase.training.distributed import sum_over_ranks
+
+if TYPE_CHECKING:
+    from voxelbase.plan import ConfigurationPlan
+    from voxelbase.spec.model import TrainSpec
 
 DICE_SMOOTH = 1e-5
 
@@ -280,6 +285,25 @@ class DiceCELoss(nn.Module):
             term = weight * self.single(output, target)
             total = term if total is None else total + term
         return total
+
+
+def training_loss(cfg: TrainSpec, plan: ConfigurationPlan, *, ddp: bool = False) -> DiceCELoss:
+    """The loss a training of `plan` uses under the spec's `[train]` settings (batch Dice from the plan unless the
+    spec overrides it; deep supervision over the plan's strides when the spec keeps it on)."""
+    strides = plan.architecture.strides if cfg.deep_supervision else None
+    return DiceCELoss(
+        batch_dice=plan.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
+        ds_scales=deep_supervision_scales(strides) if strides else None,
+        weight_dice=cfg.dice_weight,
+        weight_ce=cfg.ce_weight,
+        smooth=cfg.dice_smooth,
+        include_background=cfg.dice_include_background,
+        ds_factor=cfg.ds_weight_factor,
+        ds_drop_lowest=cfg.ds_drop_lowest,
+        ignore_label=plan.ignore_label,
+        regions=[members for _, members in plan.regions] or None,
+        ddp=ddp,
+    )
 
 
 def build_loss(

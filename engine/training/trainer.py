@@ -35,7 +35,7 @@ from voxelbase.training.distributed import (
     share_from_main,
 )
 from voxelbase.training.loader import PatchStream, StreamSettings, augment_batch
-from voxelbase.training.loss import DiceCELoss, deep_supervision_scales, region_targets
+from voxelbase.training.loss import DiceCELoss, region_targets, training_loss
 from voxelbase.training.optim import build_optimizer, poly_lr, set_lr
 from voxelbase.training.plot import plot_progress
 from voxelbase.training.setup import FoldSetup, TrainingError, default_workers, prepare_fold, training_hash
@@ -289,21 +289,7 @@ def _train(
     optimizer = build_optimizer(
         network, lr=cfg.initial_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov
     )
-    batch_dice = plan.batch_dice if cfg.batch_dice is None else cfg.batch_dice
-    strides = plan.architecture.strides if cfg.deep_supervision else None
-    loss_fn = DiceCELoss(
-        batch_dice=batch_dice,
-        ds_scales=deep_supervision_scales(strides) if strides else None,
-        weight_dice=cfg.dice_weight,
-        weight_ce=cfg.ce_weight,
-        smooth=cfg.dice_smooth,
-        include_background=cfg.dice_include_background,
-        ds_factor=cfg.ds_weight_factor,
-        ds_drop_lowest=cfg.ds_drop_lowest,
-        ignore_label=plan.ignore_label,
-        regions=regions,
-        ddp=ranks.distributed,
-    )
+    loss_fn = training_loss(cfg, plan, ddp=ranks.distributed)
     model = torch.compile(network) if cfg.compile else network
     if ranks.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
